@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field, replace
 
 from node.raft import (
-    NONE,
     ConfChange,
     ConfChangeType,
     Config,
@@ -342,9 +341,9 @@ class Sim:
     def leader(self) -> SimNode | None:
         best = None
         for n in self.nodes.values():
-            if n.raft is not None and n.raft.role == Role.LEADER:
-                if best is None or n.raft.term > best.raft.term:  # type: ignore[union-attr]
-                    best = n
+            r = n.raft
+            if r is not None and r.role == Role.LEADER and (best is None or r.term > best.raft.term):  # type: ignore[union-attr]
+                best = n
         return best
 
     def members(self) -> set[int]:
@@ -414,10 +413,10 @@ def random_schedule(seed: int, n: int | None = None, length: int = 120) -> Sim:
             sim.partition(set(rest[:half]) | {mid}, set(rest[half:]) | {mid})
             sim.blocked = {(a, b) for (a, b) in sim.blocked if mid not in (a, b)}
         elif x < 0.50:
-            a, b = rng.sample(ids, 2) if len(ids) >= 2 else (ids[0], ids[0])
-            if a != b:
-                sim.blocked.add((a, b))  # one-way drop
-                sim.events.append(f"t={sim.now} drop {a}->{b}")
+            if len(ids) >= 2:
+                src, dst = rng.sample(ids, 2)
+                sim.blocked.add((src, dst))  # one-way drop
+                sim.events.append(f"t={sim.now} drop {src}->{dst}")
         elif x < 0.58:
             sim.heal()
         elif x < 0.65:

@@ -51,7 +51,7 @@ def test_truncation_at_every_offset_never_loses_synced_records(tmp_path: Path) -
     _, full = WAL.open(tmp_path / "src")
     assert len(full.entries) == 60
     rng = random.Random(1)
-    for cut in sorted(rng.sample(range(len(blob)), 120)) + [len(blob) - 1, 9]:
+    for cut in [*sorted(rng.sample(range(len(blob)), 120)), len(blob) - 1, 9]:
         d = tmp_path / f"cut{cut}"
         d.mkdir()
         (d / seg.name).write_bytes(blob[:cut])

@@ -41,15 +41,15 @@ class Inflights:
 
 class Progress:
     __slots__ = (
-        "match",
-        "next",
-        "state",
-        "probe_sent",
-        "pending_snapshot",
-        "recent_active",
-        "snapshot_stale",
         "inflights",
         "last_contact_tick",
+        "match",
+        "next",
+        "pending_snapshot",
+        "probe_sent",
+        "recent_active",
+        "snapshot_stale",
+        "state",
     )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:

@@ -25,8 +25,8 @@ from .types import (
     Message,
     MsgType,
     ProposalDropped,
-    Ready,
     ReadState,
+    Ready,
     Role,
     Snapshot,
     SoftState,
@@ -300,7 +300,9 @@ class Raft:
         elif m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
                 force = m.context == CAMPAIGN_TRANSFER
-                in_lease = self.cfg.check_quorum and self.lead != NONE and self.election_elapsed < self.cfg.election_tick
+                in_lease = (
+                    self.cfg.check_quorum and self.lead != NONE and self.election_elapsed < self.cfg.election_tick
+                )
                 if not force and in_lease:
                     return  # we heard from a live leader recently: ignore the disruption
             if m.type == MsgType.PRE_VOTE:
@@ -344,7 +346,7 @@ class Raft:
         self.lead_transferee = NONE
         self.votes = {}
         last = self.log.last_index()
-        for pid, pr in self.prs.items():
+        for pid in list(self.prs):
             fresh = Progress(last + 1, self.cfg.max_inflight)
             if pid == self.id:
                 fresh.match = self.log.stable
@@ -546,9 +548,7 @@ class Raft:
         for pid, pr in self.prs.items():
             if pid == self.id:
                 continue
-            self._send(
-                Message(MsgType.HEARTBEAT, to=pid, commit=min(pr.match, self.log.committed), context=ctx)
-            )
+            self._send(Message(MsgType.HEARTBEAT, to=pid, commit=min(pr.match, self.log.committed), context=ctx))
 
     def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
         pr = self.prs[to]
@@ -613,9 +613,10 @@ class Raft:
             self._leader_transfer(m.index)
             return
 
-        pr = self.prs.get(m.frm)
-        if pr is None:
+        peer = self.prs.get(m.frm)
+        if peer is None:
             return
+        pr = peer
         if t == MsgType.APP_RESP:
             pr.recent_active = True
             pr.last_contact_tick = self.ticks
@@ -662,9 +663,8 @@ class Raft:
                     pr.pending_snapshot = 0
                 pr.become_probe()
                 pr.probe_sent = True  # wait for the follower's reply before probing again
-        elif t == MsgType.UNREACHABLE:
-            if pr.state == ProgressState.REPLICATE:
-                pr.become_probe()
+        elif t == MsgType.UNREACHABLE and pr.state == ProgressState.REPLICATE:
+            pr.become_probe()
 
     def _quorum_active(self) -> bool:
         active = sum(1 for v in self.voters if v == self.id or (v in self.prs and self.prs[v].recent_active))
@@ -847,10 +847,8 @@ class Raft:
             return
         if self.lead_transferee != NONE and self.lead_transferee not in self.voters:
             self.lead_transferee = NONE
-        if self._maybe_commit():
-            self._bcast_append()
-        else:
-            self._bcast_append()
+        self._maybe_commit()  # the quorum may have shrunk
+        self._bcast_append()
 
     # ------------------------------------------------------------------
     def _hard_state(self) -> HardState:

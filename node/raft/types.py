@@ -49,9 +49,7 @@ class MsgType(enum.IntEnum):
     READ_INDEX_RESP = 23
 
 
-LOCAL_MESSAGES = frozenset(
-    {MsgType.HUP, MsgType.BEAT, MsgType.CHECK_QUORUM, MsgType.UNREACHABLE, MsgType.SNAP_STATUS}
-)
+LOCAL_MESSAGES = frozenset({MsgType.HUP, MsgType.BEAT, MsgType.CHECK_QUORUM, MsgType.UNREACHABLE, MsgType.SNAP_STATUS})
 
 
 class ConfChangeType(enum.IntEnum):

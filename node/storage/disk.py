@@ -63,9 +63,7 @@ class DiskStorage:
         if snap is not None:
             ents = [e for e in ents if e.index > snap.index]
             if ents and ents[0].index != snap.index + 1:
-                raise StorageError(
-                    f"{data_dir}: WAL entries start at {ents[0].index}, snapshot ends at {snap.index}"
-                )
+                raise StorageError(f"{data_dir}: WAL entries start at {ents[0].index}, snapshot ends at {snap.index}")
         return cls(data_dir, wal, snaps), RecoveredState(meta, st.hard_state, snap, ents, st.truncated)
 
     def write_meta(self, meta: Meta) -> None:

@@ -16,6 +16,7 @@ drop every later record). Recovery rules:
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import struct
@@ -227,7 +228,7 @@ class WAL:
         """Delete whole segments whose entries all lie before `index` (after a snapshot)."""
         segs = self._segments()
         removed = 0
-        for (_, _first, path), (_, nxt_first, _) in zip(segs, segs[1:], strict=False):
+        for (_, _first, path), (_, nxt_first, _) in itertools.pairwise(segs):
             if nxt_first <= index:
                 path.unlink()
                 removed += 1

@@ -1,0 +1,128 @@
+"""`python -m node`: run one quorumlab member (flags named like etcd's)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from node.api.server import ApiServer, PortInUse
+from node.kv import KVStateMachine
+from node.server.members import parse_initial_cluster
+from node.server.raftnode import NodeConfig, NodeError, RaftNode
+from node.storage.disk import StorageError
+from node.storage.snapshot import SnapshotCorruption
+from node.storage.wal import WalCorruption
+
+log = logging.getLogger("quorumlab")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m node", description="Run one quorumlab Raft key-value member.")
+    p.add_argument("--name", required=True, help="human-readable member name (n1, n2, ...)")
+    p.add_argument("--data-dir", required=True, type=Path, help="where the WAL and snapshots live")
+    p.add_argument("--listen-client", "--listen-client-urls", dest="listen_client", default="127.0.0.1:2379")
+    p.add_argument("--listen-peer", "--listen-peer-urls", dest="listen_peer", default="127.0.0.1:2380")
+    p.add_argument("--advertise-client", "--advertise-client-urls", dest="advertise_client", default="")
+    p.add_argument("--advertise-peer", "--initial-advertise-peer-urls", dest="advertise_peer", default="")
+    p.add_argument("--initial-cluster", required=True, help="n1=127.0.0.1:12380,n2=... (every initial member)")
+    p.add_argument("--initial-cluster-state", choices=["new", "existing"], default="new")
+    p.add_argument("--initial-cluster-token", default="quorumlab")
+    p.add_argument("--heartbeat-interval", type=int, default=100, help="ms between heartbeats (a Raft tick)")
+    p.add_argument("--election-timeout", type=int, default=1000, help="ms; randomized in [T, 2T)")
+    p.add_argument("--snapshot-count", type=int, default=10_000, help="entries applied between snapshots")
+    p.add_argument("--snapshot-catchup-entries", type=int, default=5_000, help="entries kept after a snapshot")
+    p.add_argument("--enable-fault-injection", action="store_true", help="serve the fault-rule API (chaos)")
+    p.add_argument(
+        "--no-fast-failover",
+        dest="fast_failover",
+        action="store_false",
+        help="do not start an early pre-vote when the leader's connection drops",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+async def serve(args: argparse.Namespace) -> int:
+    try:
+        cluster = parse_initial_cluster(args.initial_cluster)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    if args.election_timeout <= args.heartbeat_interval:
+        log.error(
+            "--election-timeout (%d) must be greater than --heartbeat-interval (%d)",
+            args.election_timeout,
+            args.heartbeat_interval,
+        )
+        return 2
+    cfg = NodeConfig(
+        name=args.name,
+        data_dir=args.data_dir,
+        listen_peer=args.listen_peer,
+        listen_client=args.listen_client,
+        advertise_peer=args.advertise_peer,
+        advertise_client=args.advertise_client,
+        initial_cluster=cluster,
+        initial_cluster_state=args.initial_cluster_state,
+        initial_cluster_token=args.initial_cluster_token,
+        heartbeat_ms=args.heartbeat_interval,
+        election_ms=args.election_timeout,
+        snapshot_count=args.snapshot_count,
+        snapshot_catchup_entries=args.snapshot_catchup_entries,
+        enable_fault_injection=args.enable_fault_injection,
+        fast_failover=args.fast_failover,
+    )
+    sm = KVStateMachine()
+    node = RaftNode(cfg, sm)
+    api = ApiServer(node, sm, args.initial_cluster_token)
+    try:
+        await node.start()
+        await api.start(args.listen_client)
+    except (WalCorruption, SnapshotCorruption, StorageError, NodeError, PortInUse) as e:
+        log.error("cannot start: %s", e)
+        await node.stop(transfer=False)
+        return 1
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            log.error("cannot start: peer address %s is already in use", args.listen_peer)
+        else:
+            log.error("cannot start: %s", e)
+        await node.stop(transfer=False)
+        return 1
+    log.info("%s serving clients on %s", args.name, cfg.client_url())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = loop.create_task(node.stopped.wait())
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("%s shutting down", args.name)
+    await node.stop(transfer=True)
+    await api.stop()
+    for t in (waiter, stopper):
+        t.cancel()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(args))
+    return uvloop.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

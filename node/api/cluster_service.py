@@ -1,0 +1,106 @@
+"""etcdserverpb.Cluster: membership changes go through Raft one at a time."""
+
+from __future__ import annotations
+
+import grpc
+
+from node.api.pb import rpc_pb2, rpc_pb2_grpc
+from node.kv import KVError
+from node.raft import ConfChange, ConfChangeType
+from node.server.members import Member, member_id, normalize_url
+
+from .context import Ctx, grpc_errors
+
+ERR_MEMBER_NOT_FOUND = "etcdserver: member not found"
+ERR_PEER_URL_EXISTS = "etcdserver: Peer URLs already exists"
+ERR_NOT_LEARNER = "etcdserver: can only promote a learner member"
+ERR_LEARNER_NOT_READY = "etcdserver: can only promote a learner member which is in sync with leader"
+
+
+class ClusterService(rpc_pb2_grpc.ClusterServicer):
+    def __init__(self, ctx: Ctx, token: str) -> None:
+        self.ctx = ctx
+        self.token = token
+
+    def _members(self) -> list[rpc_pb2.Member]:
+        node = self.ctx.node
+        r = node.raft
+        learners = r.learners if r is not None else set()
+        voters = r.voters if r is not None else set()
+        out = []
+        for mid in sorted(set(node.members) | voters | learners):
+            m = node.members.get(mid, Member(mid))
+            out.append(
+                rpc_pb2.Member(
+                    ID=mid,
+                    name=m.name,
+                    peerURLs=m.peer_urls,
+                    clientURLs=m.client_urls,
+                    isLearner=mid in learners,
+                )
+            )
+        return out
+
+    @grpc_errors
+    async def MemberList(
+        self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberListResponse:
+        if request.linearizable:
+            await self.ctx.node.read_barrier()
+        return rpc_pb2.MemberListResponse(header=self.ctx.header(), members=self._members())
+
+    @grpc_errors
+    async def MemberAdd(
+        self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberAddResponse:
+        if not request.peerURLs:
+            raise KVError("etcdserver: member peer URLs not provided", "INVALID_ARGUMENT")
+        urls = [normalize_url(u) for u in request.peerURLs]
+        for m in self.ctx.node.members.values():
+            if set(urls) & set(m.peer_urls):
+                raise KVError(ERR_PEER_URL_EXISTS, "FAILED_PRECONDITION")
+        mid = member_id(urls[0], self.token)
+        new = Member(mid, "", urls, [], request.isLearner)
+        kind = ConfChangeType.ADD_LEARNER if request.isLearner else ConfChangeType.ADD_NODE
+        await self.ctx.node.propose_conf_change(ConfChange(kind, mid), new)
+        resp = rpc_pb2.MemberAddResponse(header=self.ctx.header(), members=self._members())
+        resp.member.CopyFrom(rpc_pb2.Member(ID=mid, peerURLs=urls, isLearner=request.isLearner))
+        return resp
+
+    def _require_member(self, mid: int) -> Member:
+        m = self.ctx.node.members.get(mid)
+        if m is None:
+            raise KVError(ERR_MEMBER_NOT_FOUND, "NOT_FOUND")
+        return m
+
+    @grpc_errors
+    async def MemberRemove(
+        self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberRemoveResponse:
+        m = self._require_member(request.ID)
+        await self.ctx.node.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, request.ID), m)
+        return rpc_pb2.MemberRemoveResponse(header=self.ctx.header(), members=self._members())
+
+    @grpc_errors
+    async def MemberPromote(
+        self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberPromoteResponse:
+        node = self.ctx.node
+        m = self._require_member(request.ID)
+        r = node.raft
+        if r is None or request.ID not in r.learners:
+            raise KVError(ERR_NOT_LEARNER, "FAILED_PRECONDITION")
+        if node.lead == node.member_id:
+            pr = r.prs.get(request.ID)
+            if pr is None or pr.match < r.log.committed * 0.9:
+                raise KVError(ERR_LEARNER_NOT_READY, "FAILED_PRECONDITION")
+        await node.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, request.ID), m)
+        return rpc_pb2.MemberPromoteResponse(header=self.ctx.header(), members=self._members())
+
+    @grpc_errors
+    async def MemberUpdate(
+        self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberUpdateResponse:
+        self._require_member(request.ID)
+        await self.ctx.node.propose_peer_urls(request.ID, [normalize_url(u) for u in request.peerURLs])
+        return rpc_pb2.MemberUpdateResponse(header=self.ctx.header(), members=self._members())

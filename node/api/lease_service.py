@@ -1,0 +1,116 @@
+"""etcdserverpb.Lease: grant and revoke go through the log; keep-alive and TTL are the leader's.
+
+A follower forwards keep-alives and time-to-live questions to the leader's
+client URL, since only the leader's clock decides expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+
+import grpc
+
+from node.api.pb import rpc_pb2, rpc_pb2_grpc
+from node.kv import KVError
+from node.kv.apply import ERR_LEASE_TTL_TOO_LARGE, MAX_LEASE_TTL, OP_LEASE_GRANT, OP_LEASE_REVOKE, encode
+from node.server.raftnode import ERR_NO_LEADER, NodeError
+
+from .context import Ctx, grpc_errors, raise_if_error
+
+
+class LeaseService(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _leader_stub(self) -> rpc_pb2_grpc.LeaseStub:
+        url = self.ctx.leader_client_url()
+        if url is None:
+            raise NodeError(ERR_NO_LEADER)
+        target = url.split("://", 1)[-1]
+        ch = self._channels.get(target)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(target)
+            self._channels[target] = ch
+        return rpc_pb2_grpc.LeaseStub(ch)
+
+    @grpc_errors
+    async def LeaseGrant(
+        self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseGrantResponse:
+        if request.TTL > MAX_LEASE_TTL:
+            raise KVError(ERR_LEASE_TTL_TOO_LARGE, "OUT_OF_RANGE")
+        req = rpc_pb2.LeaseGrantRequest(TTL=request.TTL, ID=request.ID or random.getrandbits(62) + 1)
+        res = raise_if_error(await self.ctx.node.propose(encode(OP_LEASE_GRANT, req)))
+        return self.ctx.fill(res)
+
+    @grpc_errors
+    async def LeaseRevoke(
+        self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseRevokeResponse:
+        res = raise_if_error(await self.ctx.node.propose(encode(OP_LEASE_REVOKE, request)))
+        return self.ctx.fill(res)
+
+    async def _keep_alive_one(self, lease_id: int) -> rpc_pb2.LeaseKeepAliveResponse:
+        if self.ctx.lessor.is_leader():
+            ttl = self.ctx.lessor.keep_alive(lease_id)
+            return rpc_pb2.LeaseKeepAliveResponse(header=self.ctx.header(), ID=lease_id, TTL=ttl)
+        call = self._leader_stub().LeaseKeepAlive()
+        try:
+            await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+            resp = await asyncio.wait_for(call.read(), 5.0)
+        finally:
+            call.cancel()
+        if not isinstance(resp, rpc_pb2.LeaseKeepAliveResponse):
+            raise NodeError(ERR_NO_LEADER)
+        return rpc_pb2.LeaseKeepAliveResponse(header=self.ctx.header(), ID=resp.ID, TTL=resp.TTL)
+
+    async def LeaseKeepAlive(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        try:
+            self.ctx.check_has_leader(context)
+        except NodeError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        with contextlib.suppress(asyncio.CancelledError):
+            async for req in request_iterator:
+                try:
+                    yield await self._keep_alive_one(req.ID)
+                except (TimeoutError, NodeError, grpc.aio.AioRpcError) as e:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, str(e) if isinstance(e, NodeError) else ERR_NO_LEADER
+                    )
+
+    @grpc_errors
+    async def LeaseTimeToLive(
+        self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        if self.ctx.lessor.is_leader():
+            ls = self.ctx.sm.leases.get(request.ID)
+            resp = rpc_pb2.LeaseTimeToLiveResponse(header=self.ctx.header(), ID=request.ID)
+            if ls is None:
+                resp.TTL = -1
+                return resp
+            resp.TTL = self.ctx.lessor.remaining(request.ID)
+            resp.grantedTTL = ls.ttl
+            if request.keys:
+                resp.keys.extend(sorted(ls.keys))
+            return resp
+        try:
+            fwd = await self._leader_stub().LeaseTimeToLive(request, timeout=5.0)
+        except grpc.aio.AioRpcError as e:
+            raise NodeError(e.details() or ERR_NO_LEADER) from e
+        fwd.header.CopyFrom(self.ctx.header())
+        return fwd
+
+    @grpc_errors
+    async def LeaseLeases(
+        self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseLeasesResponse:
+        resp = rpc_pb2.LeaseLeasesResponse(header=self.ctx.header())
+        for lid in sorted(self.ctx.sm.leases):
+            resp.leases.add(ID=lid)
+        return resp

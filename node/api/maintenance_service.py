@@ -1,0 +1,94 @@
+"""etcdserverpb.Maintenance: Status, Alarm, Hash/HashKV, Defragment, MoveLeader (Snapshot: see below)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from node.api.pb import rpc_pb2, rpc_pb2_grpc
+from node.kv import KVError
+from node.kv.apply import OP_ALARM, encode
+from node.server.raftnode import ERR_NO_LEADER
+
+from .context import ERR_NOT_LEADER, VERSION, Ctx, grpc_errors, raise_if_error
+
+ERR_BAD_TRANSFEREE = "etcdserver: bad leader transferee"
+SNAPSHOT_UNSUPPORTED = (
+    "quorumlab: snapshot save is not supported: etcdctl expects a bbolt database file and this node's "
+    "store is not bbolt (back up with `orchestrate kv get --prefix ''` instead)"
+)
+
+
+class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    @grpc_errors
+    async def Status(self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.StatusResponse:
+        node, sm = self.ctx.node, self.ctx.sm
+        size = sm.db_size()
+        r = node.raft
+        resp = rpc_pb2.StatusResponse(
+            header=self.ctx.header(),
+            version=VERSION,
+            dbSize=size,
+            dbSizeInUse=size,
+            leader=node.lead,
+            raftIndex=node.committed,
+            raftTerm=node.term,
+            raftAppliedIndex=node.applied,
+            isLearner=r is not None and node.member_id in r.learners,
+        )
+        if not node.has_leader():
+            resp.errors.append(ERR_NO_LEADER)
+        return resp
+
+    @grpc_errors
+    async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.AlarmResponse:
+        if request.action == rpc_pb2.AlarmRequest.GET:
+            return self.ctx.fill(self.ctx.sm.alarm_list())
+        res = raise_if_error(await self.ctx.node.propose(encode(OP_ALARM, request)))
+        return self.ctx.fill(res)
+
+    @grpc_errors
+    async def Defragment(
+        self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DefragmentResponse:
+        return rpc_pb2.DefragmentResponse(header=self.ctx.header())  # in memory: nothing to defragment
+
+    @grpc_errors
+    async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
+        h = zlib.crc32(self.ctx.sm.snapshot()) & 0xFFFFFFFF
+        return rpc_pb2.HashResponse(header=self.ctx.header(), hash=h)
+
+    @grpc_errors
+    async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
+        h, crev, hrev = self.ctx.sm.hash_kv(request.revision)
+        return rpc_pb2.HashKVResponse(header=self.ctx.header(), hash=h, compact_revision=crev, hash_revision=hrev)
+
+    async def Snapshot(  # type: ignore[override]
+        self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, SNAPSHOT_UNSUPPORTED)
+        yield rpc_pb2.SnapshotResponse()  # pragma: no cover - abort raises
+
+    @grpc_errors
+    async def MoveLeader(
+        self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MoveLeaderResponse:
+        node = self.ctx.node
+        if node.lead != node.member_id:
+            raise KVError(ERR_NOT_LEADER, "FAILED_PRECONDITION")
+        r = node.raft
+        if r is None or request.targetID not in r.voters or request.targetID == node.member_id:
+            raise KVError(ERR_BAD_TRANSFEREE, "FAILED_PRECONDITION")
+        await node.transfer_leadership(request.targetID)
+        return rpc_pb2.MoveLeaderResponse(header=self.ctx.header())
+
+    @grpc_errors
+    async def Downgrade(
+        self, request: rpc_pb2.DowngradeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DowngradeResponse:
+        raise KVError("quorumlab: downgrade is not supported", "UNIMPLEMENTED")

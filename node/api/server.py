@@ -1,0 +1,66 @@
+"""The client port: a grpc.aio server with etcd's services plus our Admin service."""
+
+from __future__ import annotations
+
+import grpc
+
+from node.api.pb import admin_pb2_grpc, rpc_pb2_grpc
+from node.kv import KVStateMachine, WatchHub
+from node.server.raftnode import RaftNode
+from node.server.transport import parse_hostport
+
+from .admin_service import AdminService
+from .cluster_service import ClusterService
+from .context import GRPC_RECV_LIMIT, Ctx
+from .kv_service import KVService
+from .lease_service import LeaseService
+from .lessor import Lessor
+from .maintenance_service import MaintenanceService
+from .watch_service import WatchService
+
+# etcd clients ping idle streams every 10 s or so: accept that instead of answering GOAWAY too_many_pings
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_RECV_LIMIT),
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class PortInUse(Exception):
+    pass
+
+
+class ApiServer:
+    def __init__(self, node: RaftNode, sm: KVStateMachine, token: str) -> None:
+        self.node = node
+        self.sm = sm
+        self.lessor = Lessor(node, sm)
+        self.ctx = Ctx(node, sm, self.lessor)
+        self.hub = WatchHub(sm.store)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        rpc_pb2_grpc.add_KVServicer_to_server(KVService(self.ctx), self.server)
+        rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(self.ctx, self.hub), self.server)
+        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self.ctx), self.server)
+        rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.ctx, token), self.server)
+        rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.ctx), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.ctx), self.server)
+
+    async def start(self, listen: str) -> None:
+        host, port = parse_hostport(listen)
+        try:
+            bound = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as e:
+            raise PortInUse(f"cannot listen for clients on {host}:{port}: {e}") from e
+        if bound == 0:
+            raise PortInUse(f"cannot listen for clients on {host}:{port}: address already in use")
+        await self.server.start()
+        self.lessor.start()
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self.lessor.stop()
+        await self.server.stop(grace)

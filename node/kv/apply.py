@@ -1,0 +1,412 @@
+"""The replicated state machine: etcd requests applied to the MVCC store and lease table.
+
+Every node applies every entry in log order, so this code must be
+deterministic: no clocks, no randomness. Lease *expiry* is decided by the
+leader elsewhere (node/api/lessor.py) and arrives here as a LeaseRevoke entry.
+Requests are validated (validate_*) before they are proposed, so an entry
+either applies fully or fails as a whole with an etcd error.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from node.api.pb import kv_pb2, rpc_pb2
+
+from .mvcc import ERR_COMPACTED, KV, KVError, MVCCStore, WriteTxn, in_range
+
+MAX_TXN_OPS = 128
+MAX_LEASE_TTL = 9_000_000_000
+MIN_LEASE_TTL = 5  # etcd: minTTL = ceil(3 * election timeout / heartbeat); 5 s for the defaults
+
+OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_LEASE_GRANT, OP_LEASE_REVOKE, OP_ALARM = range(1, 8)
+
+ERR_KEY_NOT_PROVIDED = "etcdserver: key is not provided"
+ERR_TOO_MANY_OPS = "etcdserver: too many operations in txn request"
+ERR_DUPLICATE_KEY = "etcdserver: duplicate key given in txn request"
+ERR_KEY_NOT_FOUND = "etcdserver: key not found"
+ERR_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
+ERR_LEASE_EXISTS = "etcdserver: lease already exists"
+ERR_LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
+
+
+@dataclass
+class LeaseState:
+    id: int
+    ttl: int
+    keys: set[bytes] = field(default_factory=set)
+
+
+def to_pb(kv: KV, keys_only: bool = False) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        key=kv.key,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+        value=b"" if keys_only else kv.value,
+        lease=kv.lease,
+    )
+
+
+# -- validation before proposing --------------------------------------------------------
+def validate_put(r: rpc_pb2.PutRequest) -> None:
+    if not r.key:
+        raise KVError(ERR_KEY_NOT_PROVIDED, "INVALID_ARGUMENT")
+
+
+def validate_range(r: rpc_pb2.RangeRequest) -> None:
+    if not r.key:
+        raise KVError(ERR_KEY_NOT_PROVIDED, "INVALID_ARGUMENT")
+
+
+def validate_delete(r: rpc_pb2.DeleteRangeRequest) -> None:
+    if not r.key:
+        raise KVError(ERR_KEY_NOT_PROVIDED, "INVALID_ARGUMENT")
+
+
+def validate_txn(t: rpc_pb2.TxnRequest) -> None:
+    if max(len(t.compare), len(t.success), len(t.failure)) > MAX_TXN_OPS:
+        raise KVError(ERR_TOO_MANY_OPS, "INVALID_ARGUMENT")
+    for c in t.compare:
+        if not c.key:
+            raise KVError(ERR_KEY_NOT_PROVIDED, "INVALID_ARGUMENT")
+    for ops in (t.success, t.failure):
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which == "request_range":
+                validate_range(op.request_range)
+            elif which == "request_put":
+                validate_put(op.request_put)
+            elif which == "request_delete_range":
+                validate_delete(op.request_delete_range)
+            elif which == "request_txn":
+                validate_txn(op.request_txn)
+        _check_duplicates(ops)
+
+
+def _collect_writes(ops: Any, puts: set[bytes], dels: list[tuple[bytes, bytes]]) -> None:
+    for op in ops:
+        which = op.WhichOneof("request")
+        if which == "request_put":
+            if op.request_put.key in puts:
+                raise KVError(ERR_DUPLICATE_KEY, "INVALID_ARGUMENT")
+            puts.add(op.request_put.key)
+        elif which == "request_delete_range":
+            dels.append((op.request_delete_range.key, op.request_delete_range.range_end))
+        elif which == "request_txn":
+            # either branch of a nested txn may run: check each against the outer writes
+            for branch in (op.request_txn.success, op.request_txn.failure):
+                p2, d2 = set(puts), list(dels)
+                _collect_writes(branch, p2, d2)
+            sp, sd = set(), []  # type: ignore[var-annotated]
+            _collect_writes(op.request_txn.success, sp, sd)
+            fp, fd = set(), []  # type: ignore[var-annotated]
+            _collect_writes(op.request_txn.failure, fp, fd)
+            puts |= sp | fp
+            dels += sd + fd
+
+
+def _check_duplicates(ops: Any) -> None:
+    puts: set[bytes] = set()
+    dels: list[tuple[bytes, bytes]] = []
+    _collect_writes(ops, puts, dels)
+    for k in puts:
+        for start, end in dels:
+            if in_range(k, start, end):
+                raise KVError(ERR_DUPLICATE_KEY, "INVALID_ARGUMENT")
+
+
+def encode(op: int, msg: Any) -> bytes:
+    return msgpack.packb([op, msg.SerializeToString()])
+
+
+class KVStateMachine:
+    """node.server's StateMachine: decode an entry, apply it, return the etcd response."""
+
+    def __init__(self) -> None:
+        self.store = MVCCStore()
+        self.leases: dict[int, LeaseState] = {}
+        self.alarms: dict[tuple[int, int], None] = {}
+        self.consistent_index = 0
+        self.on_lease_granted: list[Any] = []
+        self.on_lease_revoked: list[Any] = []
+
+    # -- StateMachine protocol ------------------------------------------------------
+    def apply(self, index: int, payload: bytes) -> Any:
+        self.consistent_index = index
+        op, body = msgpack.unpackb(payload)
+        try:
+            if op == OP_PUT:
+                return self._put(rpc_pb2.PutRequest.FromString(body))
+            if op == OP_DELETE:
+                return self._delete(rpc_pb2.DeleteRangeRequest.FromString(body))
+            if op == OP_TXN:
+                return self._txn(rpc_pb2.TxnRequest.FromString(body))
+            if op == OP_COMPACT:
+                return self._compact(rpc_pb2.CompactionRequest.FromString(body))
+            if op == OP_LEASE_GRANT:
+                return self._lease_grant(rpc_pb2.LeaseGrantRequest.FromString(body))
+            if op == OP_LEASE_REVOKE:
+                return self._lease_revoke(rpc_pb2.LeaseRevokeRequest.FromString(body))
+            if op == OP_ALARM:
+                return self._alarm(rpc_pb2.AlarmRequest.FromString(body))
+        except KVError as e:
+            return e  # the proposer raises it; other nodes applied nothing
+        raise ValueError(f"unknown operation {op}")
+
+    def snapshot(self) -> bytes:
+        leases = [[lease.id, lease.ttl] for lease in self.leases.values()]
+        alarms = [list(a) for a in self.alarms]
+        return msgpack.packb([self.store.dump(), leases, alarms, self.consistent_index])
+
+    def restore(self, data: bytes) -> None:
+        store, leases, alarms, ci = msgpack.unpackb(data)
+        self.store.load(store)  # in place: watchers stay attached to the same store
+        self.leases = {int(i): LeaseState(int(i), int(t)) for i, t in leases}
+        for k, v in self.store.keys.items():
+            kv = v.latest()
+            if kv is not None and kv.lease in self.leases:
+                self.leases[kv.lease].keys.add(k)
+        self.alarms = {(int(m), int(a)): None for m, a in alarms}
+        self.consistent_index = int(ci)
+        for cb in self.on_lease_granted:
+            cb(None)
+
+    # -- reads (served after ReadIndex or locally when serializable) --------------------
+    def range(self, r: rpc_pb2.RangeRequest, txn: WriteTxn | None = None) -> rpc_pb2.RangeResponse:
+        rev = r.revision
+        if txn is not None:
+            kvs = txn.range(r.key, r.range_end, rev)
+            if rev > 0:
+                self.store.check_rev(rev)
+        else:
+            kvs = self.store.range(r.key, r.range_end, rev)
+        if r.min_mod_revision:
+            kvs = [kv for kv in kvs if kv.mod_revision >= r.min_mod_revision]
+        if r.max_mod_revision:
+            kvs = [kv for kv in kvs if kv.mod_revision <= r.max_mod_revision]
+        if r.min_create_revision:
+            kvs = [kv for kv in kvs if kv.create_revision >= r.min_create_revision]
+        if r.max_create_revision:
+            kvs = [kv for kv in kvs if kv.create_revision <= r.max_create_revision]
+        resp = rpc_pb2.RangeResponse(count=len(kvs))
+        order, target = r.sort_order, r.sort_target
+        if order == rpc_pb2.RangeRequest.NONE and target != rpc_pb2.RangeRequest.KEY:
+            order = rpc_pb2.RangeRequest.ASCEND
+        if order != rpc_pb2.RangeRequest.NONE:
+            keyf = {
+                rpc_pb2.RangeRequest.KEY: lambda kv: kv.key,
+                rpc_pb2.RangeRequest.VERSION: lambda kv: kv.version,
+                rpc_pb2.RangeRequest.CREATE: lambda kv: kv.create_revision,
+                rpc_pb2.RangeRequest.MOD: lambda kv: kv.mod_revision,
+                rpc_pb2.RangeRequest.VALUE: lambda kv: kv.value,
+            }[target]
+            kvs = sorted(kvs, key=keyf, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+        if r.limit > 0 and len(kvs) > r.limit:
+            kvs = kvs[: r.limit]
+            resp.more = True
+        if not r.count_only:
+            resp.kvs.extend(to_pb(kv, r.keys_only) for kv in kvs)
+        resp.header.revision = self.store.revision
+        return resp
+
+    # -- writes ----------------------------------------------------------------------
+    def _put(self, r: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
+        txn = self.store.begin()
+        resp = self._put_in(txn, r)
+        resp.header.revision = txn.end()
+        return resp
+
+    def _put_in(self, txn: WriteTxn, r: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
+        prev = txn.get(r.key)
+        value, lease = r.value, r.lease
+        if r.ignore_value or r.ignore_lease:
+            if prev is None:
+                raise KVError(ERR_KEY_NOT_FOUND, "INVALID_ARGUMENT")
+            if r.ignore_value:
+                value = prev.value
+            if r.ignore_lease:
+                lease = prev.lease
+        if lease and lease not in self.leases:
+            raise KVError(ERR_LEASE_NOT_FOUND, "NOT_FOUND")
+        txn.put(r.key, value, lease)
+        if prev is not None and prev.lease and prev.lease != lease and prev.lease in self.leases:
+            self.leases[prev.lease].keys.discard(r.key)
+        if lease:
+            self.leases[lease].keys.add(r.key)
+        resp = rpc_pb2.PutResponse()
+        if r.prev_kv and prev is not None:
+            resp.prev_kv.CopyFrom(to_pb(prev))
+        return resp
+
+    def _delete(self, r: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
+        txn = self.store.begin()
+        resp = self._delete_in(txn, r)
+        resp.header.revision = txn.end()
+        return resp
+
+    def _delete_in(self, txn: WriteTxn, r: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
+        gone = txn.delete(r.key, r.range_end)
+        for kv in gone:
+            if kv.lease in self.leases:
+                self.leases[kv.lease].keys.discard(kv.key)
+        resp = rpc_pb2.DeleteRangeResponse(deleted=len(gone))
+        if r.prev_kv:
+            resp.prev_kvs.extend(to_pb(kv) for kv in gone)
+        return resp
+
+    def _compare(self, txn: WriteTxn, c: rpc_pb2.Compare) -> bool:
+        kvs = txn.range(c.key, c.range_end) if c.range_end else [kv for kv in [txn.get(c.key)] if kv is not None]
+        if not kvs:
+            if c.target == rpc_pb2.Compare.VALUE:
+                return False
+            kvs = [KV(c.key, 0, 0, 0, b"", 0)]
+        for kv in kvs:
+            t = c.target
+            a: Any
+            b: Any
+            if t == rpc_pb2.Compare.VALUE:
+                a, b = kv.value, c.value
+            elif t == rpc_pb2.Compare.VERSION:
+                a, b = kv.version, c.version
+            elif t == rpc_pb2.Compare.CREATE:
+                a, b = kv.create_revision, c.create_revision
+            elif t == rpc_pb2.Compare.MOD:
+                a, b = kv.mod_revision, c.mod_revision
+            else:
+                a, b = kv.lease, c.lease
+            res = c.result
+            ok = (
+                (res == rpc_pb2.Compare.EQUAL and a == b)
+                or (res == rpc_pb2.Compare.NOT_EQUAL and a != b)
+                or (res == rpc_pb2.Compare.GREATER and a > b)
+                or (res == rpc_pb2.Compare.LESS and a < b)
+            )
+            if not ok:
+                return False
+        return True
+
+    def _txn(self, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        txn = self.store.begin()
+        # dry-run semantics: if any op fails (e.g. a lease is missing) nothing is applied
+        saved_leases = {i: set(s.keys) for i, s in self.leases.items()}
+        try:
+            resp = self._txn_in(txn, t)
+        except KVError:
+            for i, keys in saved_leases.items():
+                self.leases[i].keys = keys
+            raise
+        resp.header.revision = txn.end()
+        return resp
+
+    def _txn_in(self, txn: WriteTxn, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        ok = all(self._compare(txn, c) for c in t.compare)
+        resp = rpc_pb2.TxnResponse(succeeded=ok)
+        for op in t.success if ok else t.failure:
+            which = op.WhichOneof("request")
+            out = rpc_pb2.ResponseOp()
+            if which == "request_range":
+                rr = self.range(op.request_range, txn)
+                out.response_range.CopyFrom(rr)
+            elif which == "request_put":
+                out.response_put.CopyFrom(self._put_in(txn, op.request_put))
+            elif which == "request_delete_range":
+                out.response_delete_range.CopyFrom(self._delete_in(txn, op.request_delete_range))
+            elif which == "request_txn":
+                out.response_txn.CopyFrom(self._txn_in(txn, op.request_txn))
+            resp.responses.append(out)
+        return resp
+
+    def txn_is_read_only(self, t: rpc_pb2.TxnRequest) -> bool:
+        for ops in (t.success, t.failure):
+            for op in ops:
+                which = op.WhichOneof("request")
+                if which in ("request_put", "request_delete_range"):
+                    return False
+                if which == "request_txn" and not self.txn_is_read_only(op.request_txn):
+                    return False
+        return True
+
+    def read_txn(self, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        txn = self.store.begin()  # nothing is written, so end() is never needed
+        resp = self._txn_in(txn, t)
+        resp.header.revision = self.store.revision
+        return resp
+
+    def _compact(self, r: rpc_pb2.CompactionRequest) -> rpc_pb2.CompactionResponse:
+        self.store.compact(r.revision)
+        resp = rpc_pb2.CompactionResponse()
+        resp.header.revision = self.store.revision
+        return resp
+
+    # -- leases ------------------------------------------------------------------------
+    def _lease_grant(self, r: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
+        if r.ID in self.leases:
+            raise KVError(ERR_LEASE_EXISTS, "FAILED_PRECONDITION")
+        ttl = max(r.TTL, MIN_LEASE_TTL)
+        self.leases[r.ID] = LeaseState(r.ID, ttl)
+        for cb in self.on_lease_granted:
+            cb(r.ID)
+        resp = rpc_pb2.LeaseGrantResponse(ID=r.ID, TTL=ttl)
+        resp.header.revision = self.store.revision
+        return resp
+
+    def _lease_revoke(self, r: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
+        lease = self.leases.get(r.ID)
+        if lease is None:
+            raise KVError(ERR_LEASE_NOT_FOUND, "NOT_FOUND")
+        txn = self.store.begin()
+        for k in sorted(lease.keys):
+            txn.delete(k, b"")
+        del self.leases[r.ID]
+        for cb in self.on_lease_revoked:
+            cb(r.ID)
+        resp = rpc_pb2.LeaseRevokeResponse()
+        resp.header.revision = txn.end()
+        return resp
+
+    # -- alarms ------------------------------------------------------------------------
+    def _alarm(self, r: rpc_pb2.AlarmRequest) -> rpc_pb2.AlarmResponse:
+        key = (r.memberID, int(r.alarm))
+        if r.action == rpc_pb2.AlarmRequest.ACTIVATE and r.alarm != rpc_pb2.NONE:
+            self.alarms[key] = None
+        elif r.action == rpc_pb2.AlarmRequest.DEACTIVATE:
+            if r.alarm == rpc_pb2.NONE:
+                for k in [k for k in self.alarms if k[0] == r.memberID or r.memberID == 0]:
+                    del self.alarms[k]
+            else:
+                self.alarms.pop(key, None)
+        return self.alarm_list()
+
+    def alarm_list(self) -> rpc_pb2.AlarmResponse:
+        resp = rpc_pb2.AlarmResponse()
+        for m, a in self.alarms:
+            resp.alarms.add(memberID=m, alarm=a)  # type: ignore[arg-type]
+        resp.header.revision = self.store.revision
+        return resp
+
+    def hash_kv(self, rev: int) -> tuple[int, int, int]:
+        """etcd's HashKV idea: a checksum of every key version up to rev (compaction-aware)."""
+        rev = rev or self.store.revision
+        if 0 < rev < self.store.compact_revision:
+            raise KVError(ERR_COMPACTED, "OUT_OF_RANGE")
+        self.store.check_rev(rev)
+        h = 0
+        for k, v in self.store.keys.items():
+            for m, kv in zip(v.mods, v.vals, strict=True):
+                if m > rev:
+                    break
+                h = zlib.crc32(k + m.to_bytes(8, "big") + (kv.value if kv is not None else b"\xff"), h)
+        return h & 0xFFFFFFFF, self.store.compact_revision, rev
+
+    def db_size(self) -> int:
+        """An estimate of the bytes held, standing in for bbolt's file size."""
+        n = 4096
+        for k, v in self.store.keys.items():
+            for kv in v.vals:
+                n += len(k) + 48 + (len(kv.value) if kv is not None else 0)
+        return n

@@ -1,0 +1,88 @@
+"""Wire encoding of Raft messages between peers: msgpack arrays, length-prefixed frames.
+
+Never pickle: a peer port is reachable from the network, so only plain data
+(ints, bytes, lists) crosses it and every decode is validated by construction.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from node.raft import ConfState, Entry, EntryType, Message, MsgType, Snapshot
+
+FRAME = struct.Struct(">I")
+MAX_FRAME = 64 << 20  # snapshots travel in chunks well below this
+
+# frame kinds
+F_HELLO = 0  # [F_HELLO, cluster_id, from_id, to_id]
+F_MSGS = 1  # [F_MSGS, [message, ...]]
+F_SNAP_CHUNK = 2  # [F_SNAP_CHUNK, total, chunk, message-or-None (on the last chunk)]
+F_REFUSE = 3  # [F_REFUSE, reason]
+F_DISCOVER = 4  # [F_DISCOVER, peer_url] -> [F_DISCOVER, cluster_id, [member ids]] (joining a cluster)
+
+
+class CodecError(Exception):
+    pass
+
+
+def snap_to_wire(s: Snapshot, with_data: bool = True) -> list[Any]:
+    return [s.index, s.term, sorted(s.conf.voters), sorted(s.conf.learners), s.data if with_data else b""]
+
+
+def snap_from_wire(v: list[Any]) -> Snapshot:
+    idx, term, voters, learners, data = v
+    return Snapshot(int(idx), int(term), ConfState(frozenset(voters), frozenset(learners)), bytes(data))
+
+
+def msg_to_wire(m: Message, with_snapshot_data: bool = True) -> list[Any]:
+    return [
+        int(m.type),
+        m.to,
+        m.frm,
+        m.term,
+        m.log_term,
+        m.index,
+        [[e.index, e.term, int(e.type), e.data] for e in m.entries],
+        m.commit,
+        m.reject,
+        m.reject_hint,
+        snap_to_wire(m.snapshot, with_snapshot_data) if m.snapshot is not None else None,
+        m.context,
+    ]
+
+
+def msg_from_wire(v: list[Any]) -> Message:
+    try:
+        t, to, frm, term, log_term, index, ents, commit, reject, hint, snap, ctx = v
+        mtype = MsgType(t)
+        return Message(
+            mtype,
+            to=int(to),
+            frm=int(frm),
+            term=int(term),
+            log_term=int(log_term),
+            index=int(index),
+            entries=[Entry(int(i), int(tm), EntryType(ty), bytes(d)) for i, tm, ty, d in ents],
+            commit=int(commit),
+            reject=bool(reject),
+            reject_hint=int(hint),
+            snapshot=snap_from_wire(snap) if snap is not None else None,
+            context=bytes(ctx),
+        )
+    except (ValueError, TypeError) as e:
+        raise CodecError(f"malformed raft message: {e}") from e
+
+
+def pack(obj: Any) -> bytes:
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    return FRAME.pack(len(body)) + body
+
+
+def unpack(body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise CodecError(f"malformed frame: {e}") from e

@@ -1,0 +1,777 @@
+"""The asyncio driver around the pure Raft core: ticks, the Ready loop, durability, apply.
+
+One coroutine owns the Raft object. Everything else (peer messages, ticks,
+client proposals, reads) is put in an inbox and handled at the top of the
+loop, so Raft is never touched between ready() and advance() while an fsync is
+in flight on a worker thread; requests that arrive during the fsync are
+group-committed in the next batch.
+
+Ordering per batch: leader's outgoing appends are sent while it persists (the
+thesis §10.2.1 allows it; the leader counts itself only after its own fsync),
+everything else — votes, append replies — only after the batch is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgpack
+
+from node.faults import FaultTable
+from node.raft import (
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    Config,
+    Entry,
+    EntryType,
+    Message,
+    MsgType,
+    ProposalDropped,
+    Raft,
+    Ready,
+    Role,
+    Snapshot,
+    Status,
+)
+from node.storage import DiskStorage, Meta
+
+from .members import Member, cluster_id, member_id, normalize_url
+from .transport import Transport
+
+log = logging.getLogger("quorumlab.node")
+
+# entry kinds in the envelope [origin member id, request seq, kind, payload]; only the
+# origin resolves the waiting request, and seq starts at a random 62-bit value so a
+# restarted member never mistakes an old entry for a new request
+K_NOOP = 0
+K_APP = 1  # payload for the application state machine
+K_ATTRS = 2  # a member publishes its name and client URLs
+K_PEER_URLS = 3  # MemberUpdate: a member's new peer URLs
+
+MAX_APPLY_LAG = 5000  # etcd: "too many requests" beyond this commit-apply gap
+
+
+class NodeError(Exception):
+    """A request failed; message is etcd's text, code the gRPC status name."""
+
+    def __init__(self, message: str, code: str = "UNAVAILABLE") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+ERR_NO_LEADER = "etcdserver: no leader"
+ERR_TIMEOUT = "etcdserver: request timed out"
+ERR_STOPPED = "etcdserver: server stopped"
+ERR_TOO_MANY = "etcdserver: too many requests"
+ERR_LEADER_CHANGED = "etcdserver: leader changed"
+
+
+class StateMachine(Protocol):
+    def apply(self, index: int, payload: bytes) -> Any: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes) -> None: ...
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    data_dir: Path
+    listen_peer: str
+    listen_client: str
+    initial_cluster: dict[str, str]
+    initial_cluster_state: str = "new"
+    initial_cluster_token: str = "quorumlab"
+    advertise_peer: str = ""
+    advertise_client: str = ""
+    heartbeat_ms: int = 100
+    election_ms: int = 1000
+    snapshot_count: int = 10_000
+    snapshot_catchup_entries: int = 5_000
+    enable_fault_injection: bool = False
+    request_timeout: float = 5.0
+    pre_vote: bool = True
+    fast_failover: bool = True
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def peer_url(self) -> str:
+        return normalize_url(self.advertise_peer or self.listen_peer)
+
+    def client_url(self) -> str:
+        return normalize_url(self.advertise_client or self.listen_client)
+
+
+class RaftNode:
+    def __init__(self, cfg: NodeConfig, sm: StateMachine) -> None:
+        self.cfg = cfg
+        self.sm = sm
+        self.faults = FaultTable(cfg.seed) if cfg.enable_fault_injection else None
+        self.members: dict[int, Member] = {}
+        self.storage: DiskStorage | None = None
+        self.raft: Raft | None = None
+        self.transport: Transport | None = None
+        self.member_id = 0
+        self.cluster_id = 0
+        self.applied = 0
+        self.committed = 0
+        self._inbox: deque[Message | Callable[[], None]] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count(random.getrandbits(62))
+        self._ticks = itertools.count()
+        self._stopping = False
+        self.stopped = asyncio.Event()
+        self.removed = False
+        self.leader_changes = 0
+        self.last_leader_change = time.monotonic()
+        self.started_at = time.monotonic()
+        self.role = Role.FOLLOWER
+        self.lead = NONE
+        self.term = 0
+        self.on_leader_change: list[Callable[[int, int], None]] = []
+        self.on_apply_hooks: list[Callable[[int], None]] = []
+        self.published = False
+        self.last_snapshot_index = 0
+
+    # ------------------------------------------------------------------
+    # start / stop
+    # ------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        storage, rec = await asyncio.to_thread(DiskStorage.open, cfg.data_dir)
+        self.storage = storage
+        for t in rec.truncated:
+            log.warning("WAL: cut a torn tail at %s (an unsynced write from a crash)", t)
+        fresh = rec.meta is None
+        if fresh:
+            meta = await self._new_identity()
+            storage.write_meta(meta)
+        else:
+            assert rec.meta is not None
+            meta = rec.meta
+            if meta.name != cfg.name:
+                raise NodeError(f"data dir {cfg.data_dir} belongs to member {meta.name!r}, not {cfg.name!r}", "CONFIG")
+        self.member_id, self.cluster_id = meta.member_id, meta.cluster_id
+        rcfg = Config(
+            self.member_id,
+            election_tick=max(2, cfg.election_ms // cfg.heartbeat_ms),
+            heartbeat_tick=1,
+            pre_vote=cfg.pre_vote,
+            check_quorum=True,
+        )
+        rng = random.Random(cfg.seed if cfg.seed is not None else int.from_bytes(os.urandom(8), "big"))
+        self.raft = Raft(rcfg, rng, rec.hard_state, rec.snapshot, rec.entries)
+        if rec.snapshot is not None:
+            self._restore_snapshot(rec.snapshot)
+        if fresh and cfg.initial_cluster_state == "new":
+            ids = {name: member_id(url, cfg.initial_cluster_token) for name, url in cfg.initial_cluster.items()}
+            ctx = {
+                mid: msgpack.packb(Member(mid, name, [cfg.initial_cluster[name]], [], False).to_wire())
+                for name, mid in ids.items()
+            }
+            self.raft.bootstrap(ids.values(), ctx)
+        if fresh and cfg.initial_cluster_state == "existing":
+            # we learn the membership from the leader's log or snapshot
+            for name, url in cfg.initial_cluster.items():
+                if name != cfg.name:
+                    mid = member_id(url, cfg.initial_cluster_token)
+                    self.members.setdefault(mid, Member(mid, name, [url]))
+        self.applied = self.raft.log.applied
+        self.last_snapshot_index = self.raft.log.snapshot.index
+        self.transport = Transport(
+            self.member_id,
+            self.cluster_id,
+            self._name_of,
+            self._deliver,
+            self.faults,
+            on_peer_lost=self._peer_lost,
+            on_unreachable=lambda pid, m: self._post(lambda: self._report_unreachable(pid)),
+            on_snapshot_sent=lambda pid, ok: self._post(lambda: self._report_snapshot(pid, ok)),
+            member_ids=lambda: sorted(set(self.members) | self._raft().voters | self._raft().learners),
+        )
+        await self.transport.listen(cfg.listen_peer)
+        self._sync_peers()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name="raft-loop"),
+            loop.create_task(self._ticker(), name="raft-ticker"),
+        ]
+        log.info(
+            "member %s (%x) of cluster %x started; peer %s, %d entries recovered, commit %d",
+            cfg.name,
+            self.member_id,
+            self.cluster_id,
+            cfg.peer_url(),
+            len(rec.entries),
+            rec.hard_state.commit,
+        )
+
+    async def _new_identity(self) -> Meta:
+        cfg = self.cfg
+        if cfg.name not in cfg.initial_cluster:
+            raise NodeError(f"--initial-cluster does not list this member's name {cfg.name!r}", "CONFIG")
+        if normalize_url(cfg.initial_cluster[cfg.name]) != cfg.peer_url():
+            raise NodeError(
+                f"--initial-cluster gives {cfg.name} peer URL {cfg.initial_cluster[cfg.name]}, "
+                f"but this member advertises {cfg.peer_url()}",
+                "CONFIG",
+            )
+        mid = member_id(cfg.peer_url(), cfg.initial_cluster_token)
+        if cfg.initial_cluster_state == "new":
+            ids = [member_id(u, cfg.initial_cluster_token) for u in cfg.initial_cluster.values()]
+            return Meta(cfg.name, mid, cluster_id(ids, cfg.initial_cluster_token))
+        if cfg.initial_cluster_state == "existing":
+            cid = await self._discover_cluster_id()
+            return Meta(cfg.name, mid, cid)
+        raise NodeError(f"--initial-cluster-state must be new or existing, not {cfg.initial_cluster_state!r}", "CONFIG")
+
+    async def _discover_cluster_id(self) -> int:
+        """Ask the existing members (over their peer port) which cluster we are joining."""
+        from .transport import discover
+
+        others = [u for n, u in self.cfg.initial_cluster.items() if n != self.cfg.name]
+        deadline = time.monotonic() + 10
+        last = ""
+        while time.monotonic() < deadline:
+            for u in others:
+                try:
+                    cid, members = await discover(u, self.cfg.peer_url())
+                except Exception as e:  # noqa: BLE001 - report the last reason below
+                    last = f"{u}: {e}"
+                    continue
+                mid = member_id(self.cfg.peer_url(), self.cfg.initial_cluster_token)
+                if mid not in members:
+                    raise NodeError(
+                        f"the cluster at {u} has no member with peer URL {self.cfg.peer_url()}; add it first "
+                        "(etcdctl member add / orchestrate add)",
+                        "CONFIG",
+                    )
+                return cid
+            await asyncio.sleep(0.3)
+        raise NodeError(f"could not reach any existing member to join ({last})", "CONFIG")
+
+    async def stop(self, transfer: bool = True) -> None:
+        """Graceful stop: hand leadership to the most caught-up voter first."""
+        if self._stopping:
+            return
+        if transfer and self.raft is not None and self.raft.role == Role.LEADER and len(self.raft.voters) > 1:
+            await self._transfer_before_stop()
+        self._stopping = True
+        self._wake.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.transport is not None:
+            await self.transport.close()
+        if self.storage is not None:
+            self.storage.close()
+        self._fail_all(ERR_STOPPED)
+        self.stopped.set()
+
+    async def _transfer_before_stop(self) -> None:
+        r = self.raft
+        assert r is not None
+        candidates = sorted(
+            ((pr.match, pid) for pid, pr in r.prs.items() if pid != self.member_id and pid in r.voters), reverse=True
+        )
+        if not candidates:
+            return
+        target = candidates[0][1]
+        self._post(lambda: r.transfer_leader(target))
+        deadline = time.monotonic() + self.cfg.election_ms / 1000 * 2
+        while time.monotonic() < deadline and r.role == Role.LEADER:
+            await asyncio.sleep(self.cfg.heartbeat_ms / 1000 / 2)
+        if r.role != Role.LEADER:
+            log.info("leadership transferred to %x before stopping", target)
+
+    # ------------------------------------------------------------------
+    # the loop
+    # ------------------------------------------------------------------
+    def _post(self, item: Message | Callable[[], None]) -> None:
+        self._inbox.append(item)
+        self._wake.set()
+
+    def _deliver(self, m: Message) -> None:
+        self._post(m)
+
+    async def _ticker(self) -> None:
+        period = self.cfg.heartbeat_ms / 1000
+        nxt = time.monotonic()
+        while True:
+            nxt += period
+            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+            if time.monotonic() - nxt > 5 * period:
+                nxt = time.monotonic()  # we were paused (SIGSTOP): do not burst ticks
+            self._post(self._tick)
+
+    def _tick(self) -> None:
+        assert self.raft is not None
+        next(self._ticks)
+        self.raft.tick()
+
+    async def _run(self) -> None:
+        r = self.raft
+        assert r is not None and self.storage is not None and self.transport is not None
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._inbox:
+                item = self._inbox.popleft()
+                try:
+                    if isinstance(item, Message):
+                        r.step(item)
+                    else:
+                        item()
+                except Exception:
+                    log.exception("raft step failed")
+            while r.has_ready() and not self._stopping:
+                rd = r.ready()
+                await self._handle_ready(rd)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        r = self.raft
+        assert r is not None and self.storage is not None and self.transport is not None
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.lead, rd.soft_state.role)
+        early: list[Message] = []
+        late: list[Message] = []
+        for m in rd.messages:
+            if r.role == Role.LEADER and m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP, MsgType.TIMEOUT_NOW):
+                early.append(m)
+            else:
+                late.append(m)
+        if early:
+            self.transport.send(early)
+        if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            if rd.must_sync:
+                await asyncio.to_thread(self.storage.persist, rd)
+            else:
+                self.storage.persist(rd)  # a commit-index-only update: no fsync needed
+        if late:
+            self.transport.send(late)
+        if rd.snapshot is not None:
+            self._restore_snapshot(rd.snapshot)
+        for e in rd.committed_entries:
+            self._apply_entry(e)
+        for rs in rd.read_states:
+            fut = self._reads.pop(rs.context, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        r.advance(rd)
+        self.committed = r.log.committed
+        if rd.committed_entries or rd.snapshot is not None:
+            self._wake_applied()
+            for hook in self.on_apply_hooks:
+                hook(self.applied)
+            await self._maybe_snapshot()
+
+    def _on_soft_state(self, lead: int, role: Role) -> None:
+        assert self.raft is not None
+        if lead != self.lead:
+            self.leader_changes += 1
+            self.last_leader_change = time.monotonic()
+            log.info(
+                "%s: leader is now %s (term %d)",
+                self.cfg.name,
+                self._name_of(lead) if lead else "unknown",
+                self.raft.term,
+            )
+            old = self.lead
+            self.lead = lead
+            for cb in self.on_leader_change:
+                cb(old, lead)
+            if lead == NONE:
+                self._fail_reads(ERR_LEADER_CHANGED)
+        self.role = role
+        self.term = self.raft.term
+        if lead != NONE and not self.published:
+            self._post(self._publish)
+
+    def _publish(self) -> None:
+        """Tell the cluster our name and client URL (etcd's member attributes)."""
+        me = self.members.get(self.member_id)
+        url = self.cfg.client_url()
+        if me is not None and me.name == self.cfg.name and url in me.client_urls:
+            self.published = True
+            return
+        body = msgpack.packb([self.member_id, self.cfg.name, [url]])
+        with contextlib.suppress(ProposalDropped):
+            assert self.raft is not None
+            self.raft.propose(msgpack.packb([self.member_id, 0, K_ATTRS, body]))
+
+    # ------------------------------------------------------------------
+    # apply
+    # ------------------------------------------------------------------
+    def _apply_entry(self, e: Entry) -> None:
+        self.applied = e.index
+        if e.type == EntryType.CONF_CHANGE:
+            cc = ConfChange.decode(e.data)
+            changed = self._apply_member_change(cc)
+            origin, req = _ctx_request(cc.context)
+            fut = self._pending.pop(req, None) if origin == self.member_id else None
+            if fut is not None and not fut.done():
+                fut.set_result(changed)
+            return
+        if not e.data:
+            return  # a new leader's empty entry
+        try:
+            origin, req, kind, payload = msgpack.unpackb(e.data)
+        except (ValueError, msgpack.ExtraData) as ex:
+            log.error("entry %d is not a valid envelope: %s", e.index, ex)
+            return
+        result: Any = None
+        err: BaseException | None = None
+        try:
+            if kind == K_APP:
+                result = self.sm.apply(e.index, payload)
+            elif kind == K_ATTRS:
+                mid, name, urls = msgpack.unpackb(payload)
+                m = self.members.setdefault(int(mid), Member(int(mid)))
+                m.name, m.client_urls = str(name), list(urls)
+                if mid == self.member_id:
+                    self.published = True
+            elif kind == K_PEER_URLS:
+                mid, urls = msgpack.unpackb(payload)
+                if int(mid) in self.members:
+                    self.members[int(mid)].peer_urls = list(urls)
+                    self._sync_peers()
+        except Exception as ex:
+            log.exception("applying entry %d failed", e.index)
+            err = ex
+        fut = self._pending.pop(req, None) if origin == self.member_id else None
+        if fut is not None and not fut.done():
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(result)
+
+    def _apply_member_change(self, cc: ConfChange) -> Member | None:
+        info = _ctx_member(cc.context)
+        nid = cc.node_id
+        if cc.type == ConfChangeType.REMOVE_NODE:
+            gone = self.members.pop(nid, None)
+            if nid == self.member_id:
+                self.removed = True
+                log.warning("this member was removed from the cluster; stopping")
+                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop(transfer=False)))
+            self._sync_peers()
+            return gone
+        m = self.members.get(nid)
+        if m is None:
+            m = info or Member(nid)
+            self.members[nid] = m
+        elif info is not None:
+            m.peer_urls = info.peer_urls or m.peer_urls
+            m.name = m.name or info.name
+        m.is_learner = cc.type == ConfChangeType.ADD_LEARNER
+        self._sync_peers()
+        return m
+
+    def _sync_peers(self) -> None:
+        if self.transport is None or self.raft is None:
+            return
+        ids = set(self.members) | self.raft.voters | self.raft.learners
+        peers = {
+            mid: self.members[mid].peer_urls[0] for mid in ids if mid in self.members and self.members[mid].peer_urls
+        }
+        self.transport.set_peers(peers)
+
+    def _snapshot_blob(self) -> bytes:
+        members = [m.to_wire() for m in self.members.values()]
+        return msgpack.packb({"members": members, "app": self.sm.snapshot()})
+
+    def _restore_snapshot(self, snap: Snapshot) -> None:
+        if not snap.data:
+            return
+        blob = msgpack.unpackb(snap.data)
+        self.members = {int(v[0]): Member.from_wire(v) for v in blob["members"]}
+        self.sm.restore(blob["app"])
+        self.applied = snap.index
+        self.published = self.published or (
+            self.member_id in self.members and self.cfg.client_url() in self.members[self.member_id].client_urls
+        )
+        self._sync_peers()
+
+    async def _maybe_snapshot(self) -> None:
+        r = self.raft
+        assert r is not None and self.storage is not None
+        if r.log.applied - self.last_snapshot_index < self.cfg.snapshot_count:
+            return
+        r.compact(r.log.applied, self._snapshot_blob(), keep_entries=self.cfg.snapshot_catchup_entries)
+        snap = r.log.snapshot
+        self.last_snapshot_index = snap.index
+        await asyncio.to_thread(self.storage.save_snapshot, snap, r.log.offset + 1)
+        log.info("snapshot at index %d (%d bytes); log compacted to %d", snap.index, len(snap.data), r.log.offset)
+
+    # ------------------------------------------------------------------
+    # waiting for things
+    # ------------------------------------------------------------------
+    def _wake_applied(self) -> None:
+        w = self._applied_waiters
+        while w and w[0][0] <= self.applied:
+            _, _, fut = heapq.heappop(w)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        if self.applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._applied_waiters, (index, next(self._seq), fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise NodeError(ERR_TIMEOUT) from None
+
+    def _fail_all(self, why: str) -> None:
+        for fut in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(NodeError(why))
+        self._pending.clear()
+        self._fail_reads(why)
+
+    def _fail_reads(self, why: str) -> None:
+        for fut in list(self._reads.values()):
+            if not fut.done():
+                fut.set_exception(NodeError(why))
+        self._reads.clear()
+
+    # ------------------------------------------------------------------
+    # client-facing operations
+    # ------------------------------------------------------------------
+    def _check_serving(self) -> None:
+        if self._stopping or self.removed:
+            raise NodeError(ERR_STOPPED)
+        if self.committed - self.applied > MAX_APPLY_LAG:
+            raise NodeError(ERR_TOO_MANY, "RESOURCE_EXHAUSTED")
+
+    def has_leader(self) -> bool:
+        return self.lead != NONE
+
+    async def propose(self, payload: bytes, timeout: float | None = None) -> Any:
+        """Replicate an application command; returns sm.apply's result once applied here."""
+        self._check_serving()
+        if self.lead == NONE:
+            raise NodeError(ERR_NO_LEADER)
+        req = next(self._seq)
+        data = msgpack.packb([self.member_id, req, K_APP, payload])
+        return await self._submit(req, lambda: self._raft().propose(data), timeout)
+
+    async def propose_peer_urls(self, mid: int, urls: list[str], timeout: float | None = None) -> None:
+        self._check_serving()
+        if self.lead == NONE:
+            raise NodeError(ERR_NO_LEADER)
+        req = next(self._seq)
+        data = msgpack.packb([self.member_id, req, K_PEER_URLS, msgpack.packb([mid, urls])])
+        await self._submit(req, lambda: self._raft().propose(data), timeout)
+
+    async def propose_conf_change(self, cc: ConfChange, member: Member, timeout: float | None = None) -> Any:
+        self._check_serving()
+        if self.lead == NONE:
+            raise NodeError(ERR_NO_LEADER)
+        req = next(self._seq)
+        cc.context = msgpack.packb([self.member_id, req, member.to_wire()])
+        return await self._submit(req, lambda: self._raft().propose_conf_change(cc), timeout)
+
+    async def _submit(self, req: int, action: Callable[[], None], timeout: float | None) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[req] = fut
+
+        def run() -> None:
+            try:
+                action()
+            except ProposalDropped as e:
+                self._pending.pop(req, None)
+                if not fut.done():
+                    msg = ERR_NO_LEADER if "no leader" in str(e) else f"etcdserver: {e}"
+                    fut.set_exception(NodeError(msg))
+
+        self._post(run)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout or self.cfg.request_timeout)
+        except TimeoutError:
+            self._pending.pop(req, None)
+            raise NodeError(ERR_TIMEOUT) from None
+
+    async def read_barrier(self, timeout: float | None = None) -> int:
+        """ReadIndex: returns once this node has applied everything committed before the call."""
+        self._check_serving()
+        if self.lead == NONE:
+            raise NodeError(ERR_NO_LEADER)
+        t = timeout or self.cfg.request_timeout
+        deadline = time.monotonic() + t
+        ctx = os.urandom(8)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+
+        def run() -> None:
+            try:
+                self._raft().read_index(ctx)
+            except ProposalDropped:
+                self._reads.pop(ctx, None)
+                if not fut.done():
+                    fut.set_exception(NodeError(ERR_NO_LEADER))
+
+        self._post(run)
+        try:
+            index = await asyncio.wait_for(fut, t)
+        except TimeoutError:
+            self._reads.pop(ctx, None)
+            raise NodeError(ERR_TIMEOUT) from None
+        await self.wait_applied(index, max(0.001, deadline - time.monotonic()))
+        return index
+
+    async def transfer_leadership(self, target: int, timeout: float | None = None) -> None:
+        if self.lead == NONE:
+            raise NodeError(ERR_NO_LEADER)
+        self._post(lambda: self._raft().transfer_leader(target))
+        deadline = time.monotonic() + (timeout or self.cfg.request_timeout)
+        while time.monotonic() < deadline:
+            if self.lead == target:
+                return
+            await asyncio.sleep(self.cfg.heartbeat_ms / 1000 / 2)
+        raise NodeError(ERR_TIMEOUT)
+
+    def campaign(self) -> None:
+        self._post(lambda: self._raft().campaign())
+
+    def _raft(self) -> Raft:
+        assert self.raft is not None
+        return self.raft
+
+    # ------------------------------------------------------------------
+    # transport callbacks
+    # ------------------------------------------------------------------
+    def _report_unreachable(self, pid: int) -> None:
+        r = self._raft()
+        if r.role == Role.LEADER and pid in r.prs:
+            r.report_unreachable(pid)
+
+    def _report_snapshot(self, pid: int, ok: bool) -> None:
+        r = self._raft()
+        if r.role == Role.LEADER and pid in r.prs:
+            r.report_snapshot(pid, ok)
+
+    def _peer_lost(self, pid: int) -> None:
+        """The leader's stream closed: its process most likely died. Suspect it now."""
+        if not self.cfg.fast_failover or self._stopping:
+            return
+
+        def suspect() -> None:
+            r = self._raft()
+            if r.role == Role.FOLLOWER and r.lead == pid:
+                r.forget_leader()
+                delay = random.uniform(0.1, 0.35) * self.cfg.election_ms / 1000
+                asyncio.get_running_loop().call_later(delay, lambda: self._post(self._campaign_if_leaderless))
+
+        self._post(suspect)
+
+    def _campaign_if_leaderless(self) -> None:
+        r = self._raft()
+        if r.lead == NONE and r.role == Role.FOLLOWER and r.promotable():
+            log.info("%s: leader connection lost; starting a pre-vote early", self.cfg.name)
+            r.campaign()
+
+    # ------------------------------------------------------------------
+    # introspection
+    # ------------------------------------------------------------------
+    def _name_of(self, mid: int) -> str:
+        m = self.members.get(mid)
+        if m is not None and m.name:
+            return m.name
+        return f"{mid:x}"
+
+    def id_of(self, name: str) -> int | None:
+        for m in self.members.values():
+            if m.name == name:
+                return m.id
+        return None
+
+    def status(self) -> Status:
+        return self._raft().status()
+
+    def status_dict(self) -> dict[str, Any]:
+        """The extra status the orchestrator, chaos and the dashboard read."""
+        st = self._raft().status()
+        hb = self.cfg.heartbeat_ms
+        peers = {}
+        for pid, ps in st.peers.items():
+            if pid == self.member_id:
+                continue
+            peers[self._name_of(pid)] = {
+                "id": f"{pid:x}",
+                "match": ps.match,
+                "next": ps.next,
+                "state": ps.state,
+                "active": ps.recent_active,
+                "last_contact_ms": (st.tick - ps.last_contact_tick) * hb,
+                "learner": ps.learner,
+                "connected": self.transport.connected(pid) if self.transport else False,
+            }
+        return {
+            "name": self.cfg.name,
+            "id": f"{self.member_id:x}",
+            "cluster_id": f"{self.cluster_id:x}",
+            "role": st.role.name.lower().replace("_", "-"),
+            "term": st.term,
+            "vote": self._name_of(st.vote) if st.vote else "",
+            "leader": self._name_of(st.lead) if st.lead else "",
+            "leader_id": f"{st.lead:x}" if st.lead else "",
+            "commit": st.commit,
+            "applied": self.applied,
+            "last_index": st.last_index,
+            "snapshot_index": st.snapshot_index,
+            "voters": [self._name_of(v) for v in st.voters],
+            "learners": [self._name_of(v) for v in st.learners],
+            "peers": peers,
+            "leader_changes": self.leader_changes,
+            "transferring_to": self._name_of(st.lead_transferee) if st.lead_transferee else "",
+            "fault_rules": [r.to_dict() for r in self.faults.rules()] if self.faults else None,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+        }
+
+
+def _ctx_request(ctx: bytes) -> tuple[int, int]:
+    """(origin member, request seq) of a conf change proposed through the API; (0, 0) otherwise."""
+    if not ctx:
+        return 0, 0
+    try:
+        v = msgpack.unpackb(ctx)
+    except (ValueError, msgpack.ExtraData):
+        return 0, 0
+    if isinstance(v, list) and len(v) == 3 and isinstance(v[0], int) and isinstance(v[1], int):
+        return v[0], v[1]
+    return 0, 0
+
+
+def _ctx_member(ctx: bytes) -> Member | None:
+    if not ctx:
+        return None
+    try:
+        v = msgpack.unpackb(ctx)
+    except (ValueError, msgpack.ExtraData):
+        return None
+    if isinstance(v, list) and len(v) == 3 and isinstance(v[2], list):
+        return Member.from_wire(v[2])
+    if isinstance(v, list) and len(v) == 5:
+        return Member.from_wire(v)
+    return None

@@ -1,0 +1,173 @@
+"""Real node processes on 127.0.0.1 for tests: free ports, start/kill/restart, guaranteed cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from node.client import Client, ClientError
+
+REPO = Path(__file__).resolve().parent.parent
+_used: set[int] = set()
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports the kernel says are free, never etcd's defaults (a user's cluster may sit there)."""
+    out: list[int] = []
+    socks = []
+    while len(out) < n:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        socks.append(s)
+        if 2379 <= port <= 2480 or port in _used:
+            continue
+        _used.add(port)
+        out.append(port)
+    for s in socks:
+        s.close()
+    return out
+
+
+class NodeProcs:
+    """A cluster of `python -m node` processes; always call close() (the fixture does)."""
+
+    def __init__(
+        self,
+        base: Path,
+        n: int,
+        *,
+        heartbeat_ms: int = 50,
+        election_ms: int = 500,
+        token: str = "test",
+        extra: list[str] | None = None,
+    ) -> None:
+        self.base = base
+        self.names = [f"n{i}" for i in range(1, n + 1)]
+        ports = free_ports(2 * n)
+        self.client = {name: ports[i] for i, name in enumerate(self.names)}
+        self.peer = {name: ports[n + i] for i, name in enumerate(self.names)}
+        self.heartbeat_ms, self.election_ms = heartbeat_ms, election_ms
+        self.token = token
+        self.extra = extra or []
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.initial = ",".join(f"{nm}=127.0.0.1:{self.peer[nm]}" for nm in self.names)
+
+    def endpoint(self, name: str) -> str:
+        return f"127.0.0.1:{self.client[name]}"
+
+    def endpoints(self, names: list[str] | None = None) -> list[str]:
+        return [self.endpoint(n) for n in (names or self.names)]
+
+    def args(self, name: str, state: str = "new", initial: str | None = None) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "node",
+            "--name",
+            name,
+            "--data-dir",
+            str(self.base / name),
+            "--listen-client",
+            self.endpoint(name),
+            "--listen-peer",
+            f"127.0.0.1:{self.peer[name]}",
+            "--initial-cluster",
+            initial or self.initial,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            self.token,
+            "--heartbeat-interval",
+            str(self.heartbeat_ms),
+            "--election-timeout",
+            str(self.election_ms),
+            "--enable-fault-injection",
+            *self.extra,
+        ]
+
+    def start(self, name: str, state: str = "new", initial: str | None = None, extra: list[str] | None = None) -> None:
+        log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+        self.procs[name] = subprocess.Popen(
+            self.args(name, state, initial) + (extra or []),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        log.close()
+
+    def start_all(self) -> None:
+        for n in self.names:
+            self.start(n)
+
+    def alive(self, name: str) -> bool:
+        p = self.procs.get(name)
+        return p is not None and p.poll() is None
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[name]
+        if p.poll() is None:
+            p.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                p.wait(timeout=15)
+
+    def log(self, name: str) -> str:
+        return (self.base / f"{name}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGCONT)
+                    os.killpg(p.pid, signal.SIGKILL)
+        for p in self.procs.values():
+            with contextlib.suppress(Exception):
+                p.wait(timeout=10)
+
+    # -- async helpers -------------------------------------------------------------------
+    def client_for(self, names: list[str] | None = None, timeout: float = 3.0) -> Client:
+        return Client(self.endpoints(names), timeout=timeout)
+
+    async def statuses(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        async with Client(self.endpoints(), timeout=1.0) as c:
+            for n in names or self.names:
+                if not self.alive(n):
+                    continue
+                with contextlib.suppress(ClientError):
+                    out[n] = await c.admin_status(self.endpoint(n))
+        return out
+
+    async def wait_leader(
+        self, timeout: float = 15.0, among: list[str] | None = None, exclude: str | None = None
+    ) -> str:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = await self.statuses(among)
+            last = st
+            leaders = {s["name"] for s in st.values() if s["role"] == "leader"}
+            views = {s["leader"] for s in st.values()}
+            if len(leaders) == 1 and views == leaders and exclude not in leaders:
+                return leaders.pop()
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no single leader within {timeout}s: { ({k: v['role'] for k, v in last.items()}) }")
+
+    async def wait_applied(self, names: list[str], index: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = await self.statuses(names)
+            if all(n in st and st[n]["applied"] >= index for n in names):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"not all of {names} applied {index}")
