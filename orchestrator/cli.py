@@ -1,0 +1,386 @@
+"""`orchestrate`: the command line front door."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.client import ClientError
+
+from . import config as cfgmod
+from . import kvcli
+from .cluster import Cluster, ClusterView, OrchestrateError
+from .engines import EngineError
+from .quorum import explain, table
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n //= 1024  # type: ignore[assignment]
+    return f"{n}B"
+
+
+def render(view: ClusterView, usage: bool = True) -> str:
+    cols = ["NAME", "STATE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "PID", "CLIENT URL"]
+    if usage:
+        cols[7:7] = ["CPU%", "RSS"]
+    rows = []
+    for v in view.nodes:
+        role = v.role + (" (learner)" if v.learner else "")
+        row = [v.name, v.state, role or "-", str(v.term or "-"), v.leader or "-", str(v.commit), str(v.applied)]
+        if usage:
+            row += [f"{v.cpu:.0f}" if v.pid else "-", human_bytes(v.rss) if v.rss else "-"]
+        row += [str(v.pid or "-"), v.client_url]
+        rows.append(row)
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    out = [f"cluster {view.name} ({view.engine}): leader {view.leader or 'NONE'}, term {view.term}"]
+    out.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+    out += ["  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    verdict = (
+        f"QUORUM OK: can lose {view.can_lose()} more"
+        if view.has_quorum
+        else "NO QUORUM: writes and linearizable reads fail"
+    )
+    out.append(
+        f"voters {view.n} · quorum {view.quorum} (= {view.n}/2+1) · fault tolerance {view.fault_tolerance} · "
+        f"live voters {len(view.live_voters)} · {verdict}"
+    )
+    out += [f"note: {line}" for line in explain(view.n)[1:]]
+    return "\n".join(out)
+
+
+def _progress(enabled: bool) -> Callable[[str], None]:
+    last = [""]
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        if not enabled or msg == last[0]:
+            return
+        last[0] = msg
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r\033[K[{time.monotonic() - t0:4.1f}s] {msg}")
+        else:
+            sys.stderr.write(f"[{time.monotonic() - t0:4.1f}s] {msg}\n")
+        sys.stderr.flush()
+
+    return say
+
+
+def _end_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+
+
+class Ctx:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cfg = cfgmod.load(Path(args.config) if args.config else None)
+        root = args.root or os.environ.get("QUORUMLAB_HOME") or self.cfg.data_dir
+        self.root = Path(root)
+        self.name = args.name or self._default_name()
+
+    def _default_name(self) -> str:
+        from .state import StateDir
+
+        if self.args.config or self.args.cmd == "up":
+            return self.cfg.name
+        known = StateDir.clusters(self.root)
+        if self.cfg.name in known or len(known) != 1:
+            return self.cfg.name
+        return known[0]
+
+    def cluster(self) -> Cluster:
+        return Cluster(self.root, self.name)
+
+
+# -- verbs ----------------------------------------------------------------------------------
+async def cmd_up(ctx: Ctx, a: argparse.Namespace) -> int:
+    cfg = ctx.cfg
+    if a.nodes is not None:
+        cfg = cfg.with_nodes(a.nodes)
+    over: dict[str, Any] = {}
+    for attr, key in (
+        ("engine", "engine"),
+        ("net", "network"),
+        ("heartbeat_ms", "heartbeat_ms"),
+        ("election_ms", "election_ms"),
+        ("client_port", "client_port"),
+        ("peer_port", "peer_port"),
+    ):
+        v = getattr(a, attr)
+        if v is not None:
+            over[key] = v
+    if a.name:
+        over["name"] = a.name
+    if over:
+        from dataclasses import replace
+
+        cfg = replace(cfg, **over)
+        cfgmod.check_ports(cfg, "command line")
+    if cfg.network == "netns":
+        raise OrchestrateError("network 'netns' arrives with the chaos module; use --net local for now")
+    c = Cluster(ctx.root, cfg.name)
+    with c.dir.lock():
+        c.create(cfg)
+        view = await c.up(a.timeout, _progress(not a.quiet))
+    _end_progress()
+    print(render(view, usage=False))
+    if a.tui:
+        return run_tui(ctx)
+    return 0
+
+
+async def cmd_down(ctx: Ctx, a: argparse.Namespace) -> int:
+    c = ctx.cluster()
+    with c.dir.lock():
+        stopped = c.down(a.purge)
+    print(f"stopped {', '.join(stopped) or 'nothing (no node was running)'}" + ("; data removed" if a.purge else ""))
+    return 0
+
+
+async def cmd_status(ctx: Ctx, a: argparse.Namespace) -> int:
+    c = ctx.cluster()
+    while True:
+        view = await c.view(usage=True)
+        if a.write_out == "json":
+            print(json.dumps(view.to_dict(), indent=2))
+        else:
+            if a.watch:
+                sys.stdout.write("\033[H\033[J")
+            print(render(view))
+        if not a.watch:
+            return 0 if view.has_quorum else 1
+        await asyncio.sleep(a.watch)
+
+
+async def cmd_node(ctx: Ctx, a: argparse.Namespace) -> int:
+    c = ctx.cluster()
+    targets = c.st.live_names() if a.node == "all" else [await c.resolve(a.node)]
+    verb = a.cmd
+    with c.dir.lock():
+        for name in targets:
+            if verb == "start":
+                if a.node == "all" and c.launcher.state(c.st.nodes[name]) != "stopped":
+                    continue
+                c.start_node(name)
+            elif verb == "stop":
+                c.stop_node(name)
+            elif verb == "kill":
+                c.kill_node(name)
+            elif verb == "pause":
+                c.pause_node(name)
+            elif verb == "resume":
+                c.resume_node(name)
+            elif verb == "restart":
+                c.restart_node(name)
+            print(f"{verb} {name}" + (f" (was {a.node})" if a.node in ("leader", "follower", "random") else ""))
+    return 0
+
+
+async def cmd_add(ctx: Ctx, a: argparse.Namespace) -> int:
+    c = ctx.cluster()
+    with c.dir.lock():
+        view = await c.add(a.node, a.voter, a.timeout)
+    print(render(view, usage=False))
+    return 0
+
+
+async def cmd_remove(ctx: Ctx, a: argparse.Namespace) -> int:
+    c = ctx.cluster()
+    name = await c.resolve(a.node)
+    with c.dir.lock():
+        view = await c.remove(name, a.timeout)
+    print(render(view, usage=False))
+    return 0
+
+
+async def cmd_move_leader(ctx: Ctx, a: argparse.Namespace) -> int:
+    c = ctx.cluster()
+    target = await c.resolve(a.node)
+    await c.move_leader(target)
+    print(f"leader is now {target}")
+    return 0
+
+
+async def cmd_logs(ctx: Ctx, a: argparse.Namespace) -> int:
+    c = ctx.cluster()
+    name = await c.resolve(a.node)
+    path = c.dir.log_file(name)
+    if not path.exists():
+        raise OrchestrateError(f"no log for {name} yet ({path})")
+    for line in c.log_tail(name, a.lines):
+        print(line)
+    if a.follow:
+        with open(path, errors="replace") as f:
+            f.seek(0, 2)
+            while True:
+                line = f.readline()
+                if line:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                else:
+                    await asyncio.sleep(0.2)
+    return 0
+
+
+async def cmd_quorum(ctx: Ctx, a: argparse.Namespace) -> int:
+    print("N  QUORUM  FAULT TOLERANCE")
+    for n, q, ft in table(a.max):
+        print(f"{n:<2} {q:<7} {ft}")
+    print()
+    for n in range(1, a.max + 1):
+        for line in explain(n)[1:]:
+            print(f"N={n}: {line}")
+    return 0
+
+
+async def cmd_clusters(ctx: Ctx, a: argparse.Namespace) -> int:
+    from .state import StateDir
+
+    names = StateDir.clusters(ctx.root)
+    if not names:
+        print(f"no clusters under {ctx.root}")
+    for n in names:
+        c = Cluster(ctx.root, n)
+        running = c.running()
+        print(f"{n}: {c.st.engine}, {len(c.st.live_names())} nodes, {len(running)} running")
+    return 0
+
+
+def run_tui(ctx: Ctx) -> int:
+    try:
+        from tui.app import main as tui_main
+    except ImportError as e:
+        raise OrchestrateError(f"the dashboard is not available: {e}") from None
+    return tui_main(ctx.root, ctx.name)
+
+
+async def cmd_tui(ctx: Ctx, a: argparse.Namespace) -> int:
+    return run_tui(ctx)
+
+
+# -- parser -------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="orchestrate",
+        description="Start, inspect and break a local Raft key-value cluster (quorumlab or real etcd).",
+    )
+    p.add_argument("--config", "-c", help="cluster definition (default: ./cluster.yaml if present)")
+    p.add_argument("--name", help="cluster name (default: from the config, or the only cluster here)")
+    p.add_argument("--root", help="state directory root (default: data_dir from the config, .quorumlab)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start a cluster and wait until it accepts writes")
+    up.add_argument("--nodes", "-n", type=_nodes_arg, help="node count or comma-separated names")
+    up.add_argument("--engine", choices=cfgmod.ENGINES)
+    up.add_argument("--net", choices=cfgmod.NETWORKS)
+    up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a leader and a write")
+    up.add_argument("--client-port", type=int, help="first client port (node i gets +i)")
+    up.add_argument("--peer-port", type=int, help="first peer port (node i gets +i)")
+    up.add_argument("--heartbeat-ms", type=int)
+    up.add_argument("--election-ms", type=int)
+    up.add_argument("--tui", action="store_true", help="open the dashboard once the cluster is up")
+    up.add_argument("--quiet", "-q", action="store_true")
+    up.add_argument("--name", dest="up_name", help="cluster name (same as the global --name)")
+    up.set_defaults(fn=cmd_up)
+
+    down = sub.add_parser("down", help="stop every node (--purge also deletes the data)")
+    down.add_argument("--purge", action="store_true")
+    down.set_defaults(fn=cmd_down)
+
+    st = sub.add_parser("status", help="nodes, roles, leader, quorum; exit 1 without quorum")
+    st.add_argument("-w", "--write-out", choices=["table", "json"], default="table")
+    st.add_argument("--watch", type=float, nargs="?", const=1.0, default=None, help="refresh every S seconds")
+    st.set_defaults(fn=cmd_status)
+
+    node_help = "a node name, or leader / follower / random"
+    for verb, h in (
+        ("start", "start a stopped node (or all)"),
+        ("stop", "stop a node gracefully (SIGTERM)"),
+        ("kill", "kill a node (SIGKILL)"),
+        ("restart", "stop then start a node"),
+        ("pause", "freeze a node (SIGSTOP)"),
+        ("resume", "unfreeze a node (SIGCONT)"),
+    ):
+        sp = sub.add_parser(verb, help=h)
+        sp.add_argument("node", help=node_help + (" / all" if verb in ("start", "stop") else ""))
+        sp.set_defaults(fn=cmd_node)
+
+    add = sub.add_parser("add", help="add a member (as a learner, promoted once caught up)")
+    add.add_argument("node", help="new node name, e.g. n6")
+    add.add_argument("--voter", action="store_true", help="add directly as a voter")
+    add.add_argument("--timeout", type=float, default=30.0)
+    add.set_defaults(fn=cmd_add)
+
+    rm = sub.add_parser("remove", help="remove a member from the cluster")
+    rm.add_argument("node", help=node_help)
+    rm.add_argument("--timeout", type=float, default=30.0)
+    rm.set_defaults(fn=cmd_remove)
+
+    ml = sub.add_parser("move-leader", help="transfer leadership to a node")
+    ml.add_argument("node", help=node_help)
+    ml.set_defaults(fn=cmd_move_leader)
+
+    lg = sub.add_parser("logs", help="show a node's log")
+    lg.add_argument("node", help=node_help)
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("-n", "--lines", type=int, default=40)
+    lg.set_defaults(fn=cmd_logs)
+
+    q = sub.add_parser("quorum", help="the quorum / fault tolerance table from the notes")
+    q.add_argument("--max", type=int, default=7)
+    q.set_defaults(fn=cmd_quorum)
+
+    cl = sub.add_parser("clusters", help="list clusters in the state directory")
+    cl.set_defaults(fn=cmd_clusters)
+
+    tu = sub.add_parser("tui", help="open the live dashboard")
+    tu.set_defaults(fn=cmd_tui)
+
+    kvcli.add_parsers(sub)
+    return p
+
+
+def _nodes_arg(v: str) -> int | list[str]:
+    if v.isdigit():
+        n = int(v)
+        if not 1 <= n <= cfgmod.MAX_NODES:
+            raise argparse.ArgumentTypeError(f"node count must be 1..{cfgmod.MAX_NODES}")
+        return n
+    names = [x.strip() for x in v.split(",") if x.strip()]
+    for n2 in names:
+        if not cfgmod.NAME_RE.match(n2):
+            raise argparse.ArgumentTypeError(f"bad node name {n2!r}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "up_name", None):
+        args.name = args.up_name
+    try:
+        ctx = Ctx(args)
+        rc: int = asyncio.run(args.fn(ctx, args))
+        return rc
+    except (OrchestrateError, cfgmod.ConfigError, EngineError) as e:
+        _end_progress()
+        print(f"orchestrate: {e}", file=sys.stderr)
+        return 2
+    except ClientError as e:
+        print(f"orchestrate: {e.endpoint + ': ' if e.endpoint else ''}{e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

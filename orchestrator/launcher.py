@@ -1,0 +1,111 @@
+"""Starting and signalling node processes on this machine (subprocess + psutil).
+
+Nodes start in their own session so a Ctrl-C in the shell that ran
+`orchestrate up` does not reach them; a record keeps pid and create time so a
+recycled pid is never mistaken for our node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from .state import NodeRecord
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LocalLauncher:
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, cmd: list[str], log: Path, netns: str = "") -> tuple[int, float]:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(log, "ab") as out:
+            out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+            out.flush()
+            p = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                cwd=REPO_ROOT, env=env,
+            )  # fmt: skip
+        self._children[p.pid] = p
+        try:
+            ct = psutil.Process(p.pid).create_time()
+        except psutil.Error:
+            ct = 0.0
+        return p.pid, ct
+
+    def process(self, rec: NodeRecord) -> psutil.Process | None:
+        """Our node's process, or None if it is gone (or the pid now belongs to someone else)."""
+        if not rec.pid:
+            return None
+        child = self._children.get(rec.pid)
+        if child is not None and child.poll() is not None:
+            return None
+        try:
+            p = psutil.Process(rec.pid)
+            if rec.create_time and abs(p.create_time() - rec.create_time) > 0.5:
+                return None
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return p
+        except psutil.Error:
+            return None
+
+    def state(self, rec: NodeRecord) -> str:
+        p = self.process(rec)
+        if p is None:
+            return "stopped"
+        try:
+            return "paused" if p.status() == psutil.STATUS_STOPPED else "running"
+        except psutil.Error:
+            return "stopped"
+
+    def signal(self, rec: NodeRecord, sig: int) -> bool:
+        p = self.process(rec)
+        if p is None:
+            return False
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+            return True
+        return False
+
+    def wait_gone(self, rec: NodeRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process(rec) is None:
+                return True
+            time.sleep(0.05)
+        return self.process(rec) is None
+
+    def stop(self, rec: NodeRecord, timeout: float = 10.0) -> None:
+        """SIGTERM (a leader hands over first), then SIGKILL if it does not exit in time."""
+        if self.state(rec) == "paused":
+            self.signal(rec, signal.SIGCONT)
+        if self.signal(rec, signal.SIGTERM) and not self.wait_gone(rec, timeout):
+            self.kill(rec)
+
+    def kill(self, rec: NodeRecord) -> None:
+        self.signal(rec, signal.SIGKILL)
+        self.wait_gone(rec, 5.0)
+
+    def usage(self, rec: NodeRecord) -> tuple[float, int]:
+        """(CPU % since the last call, RSS bytes)."""
+        p = self.process(rec)
+        if p is None:
+            return 0.0, 0
+        try:
+            return p.cpu_percent(None), p.memory_info().rss
+        except psutil.Error:
+            return 0.0, 0
