@@ -130,6 +130,10 @@ class Sim:
             self._start(node)
             assert node.raft is not None
             node.raft.bootstrap(range(1, n + 1))
+            # creating a member makes its bootstrap durable before anything else can happen
+            rd = node.raft.ready()
+            node.storage.save(rd)
+            node.raft.advance(rd)
 
     # -- node lifecycle --------------------------------------------------
     def _start(self, node: SimNode) -> None:

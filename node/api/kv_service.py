@@ -71,14 +71,20 @@ class KVService(rpc_pb2_grpc.KVServicer):
         res = raise_if_error(await self.ctx.node.propose(encode(OP_TXN, request)))
         return self._fill_txn(res)
 
-    def _fill_txn(self, resp: rpc_pb2.TxnResponse) -> rpc_pb2.TxnResponse:
-        self.ctx.fill(resp)
+    def _fill_txn(self, resp: rpc_pb2.TxnResponse, nested: bool = False) -> rpc_pb2.TxnResponse:
+        if nested:
+            rev = resp.header.revision
+            resp.header.Clear()
+            resp.header.revision = rev
+        else:
+            self.ctx.fill(resp)
         for r in resp.responses:
             inner = getattr(r, r.WhichOneof("response") or "response_range")
             if r.WhichOneof("response") == "response_txn":
-                self._fill_txn(inner)
+                self._fill_txn(inner, nested=True)
             else:
-                inner.header.CopyFrom(resp.header)
+                inner.header.Clear()  # etcd fills only the revision in nested responses
+                inner.header.revision = resp.header.revision
         return resp
 
     @grpc_errors

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 
 from node.api.pb import rpc_pb2
@@ -68,11 +67,11 @@ class Lessor:
         return ls.ttl
 
     def remaining(self, lease_id: int) -> int:
-        """Leader only: seconds left, rounded up as etcd does; -1 when the lease does not exist."""
+        """Leader only: whole seconds left, truncated as etcd does; -1 when the lease does not exist."""
         if lease_id not in self.sm.leases:
             return -1
         left = self.deadlines.get(lease_id, time.monotonic()) - time.monotonic()
-        return max(0, math.ceil(left))
+        return max(0, int(left))
 
     async def _expire_loop(self) -> None:
         while True:

@@ -145,8 +145,16 @@ class MVCCStore:
             if not v.mods:
                 del self.keys[k]
         self.compact_revision = rev
-        j = bisect.bisect_right(self.history, rev, key=lambda x: x[0])
+        # like etcd: the revision compacted at keeps its live versions (so a watch from it still
+        # sees those puts) but loses its tombstones
+        j = bisect.bisect_left(self.history, rev, key=lambda x: x[0])
         del self.history[:j]
+        if self.history and self.history[0][0] == rev:
+            puts = [e for e in self.history[0][1] if e.type == PUT]
+            if puts:
+                self.history[0] = (rev, puts)
+            else:
+                del self.history[0]
 
     # -- snapshot --------------------------------------------------------------------
     def dump(self) -> list[object]:

@@ -19,7 +19,7 @@ OUTBOX_LIMIT = 4096
 REASON_SLOW = "etcdserver: watcher is too slow to keep up"
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: watchers live in sets
 class Watcher:
     id: int
     key: bytes

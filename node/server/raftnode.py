@@ -161,7 +161,6 @@ class RaftNode:
         fresh = rec.meta is None
         if fresh:
             meta = await self._new_identity()
-            storage.write_meta(meta)
         else:
             assert rec.meta is not None
             meta = rec.meta
@@ -179,13 +178,20 @@ class RaftNode:
         self.raft = Raft(rcfg, rng, rec.hard_state, rec.snapshot, rec.entries)
         if rec.snapshot is not None:
             self._restore_snapshot(rec.snapshot)
-        if fresh and cfg.initial_cluster_state == "new":
+        if fresh and cfg.initial_cluster_state == "new" and not rec.entries and rec.snapshot is None:
             ids = {name: member_id(url, cfg.initial_cluster_token) for name, url in cfg.initial_cluster.items()}
             ctx = {
                 mid: msgpack.packb(Member(mid, name, [cfg.initial_cluster[name]], [], False).to_wire())
                 for name, mid in ids.items()
             }
             self.raft.bootstrap(ids.values(), ctx)
+            # the bootstrap entries must be durable before this data dir claims to be a member:
+            # a crash in between would otherwise restart with no membership at all
+            rd = self.raft.ready()
+            await asyncio.to_thread(storage.persist, rd)
+            self.raft.advance(rd)
+        if fresh:
+            storage.write_meta(meta)
         if fresh and cfg.initial_cluster_state == "existing":
             # we learn the membership from the leader's log or snapshot
             for name, url in cfg.initial_cluster.items():

@@ -1,0 +1,213 @@
+"""hypothesis stateful test: our KV state machine against a plain-Python model of etcd's semantics.
+
+Random put / delete / txn / compact / past-revision reads / watches; every
+response, revision and watch event must agree with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hypothesis.strategies as st
+from hypothesis import settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from node.api.pb import rpc_pb2
+from node.kv import KVError, KVStateMachine, WatchHub, WatchStream
+from node.kv.apply import OP_COMPACT, OP_DELETE, OP_PUT, OP_TXN, encode
+from node.kv.mvcc import ERR_COMPACTED, ERR_FUTURE_REV
+
+KEYS = [b"a", b"ab", b"b", b"ba", b"c"]
+keys = st.sampled_from(KEYS)
+values = st.sampled_from([b"", b"x", b"y", b"zz"])
+
+
+@dataclass(frozen=True)
+class MKV:
+    value: bytes
+    create: int
+    mod: int
+    version: int
+
+
+class Model:
+    def __init__(self) -> None:
+        self.rev = 1
+        self.compacted = 0
+        self.states: dict[int, dict[bytes, MKV]] = {1: {}}
+        self.events: list[tuple[int, int, bytes, bytes]] = []  # rev, type, key, value
+
+    @property
+    def cur(self) -> dict[bytes, MKV]:
+        return self.states[self.rev]
+
+    def write(self, changes: list[tuple[bytes, bytes | None]]) -> int:
+        if not changes:
+            return self.rev
+        new = dict(self.cur)
+        rev = self.rev + 1
+        for k, v in changes:
+            if v is None:
+                new.pop(k, None)
+                self.events.append((rev, 1, k, b""))
+            else:
+                old = new.get(k)
+                new[k] = MKV(v, old.create if old else rev, rev, (old.version + 1) if old else 1)
+                self.events.append((rev, 0, k, v))
+        self.rev = rev
+        self.states[rev] = new
+        return rev
+
+
+def in_range(k: bytes, start: bytes, end: bytes) -> bool:
+    return k == start if not end else start <= k < end
+
+
+class KVMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sm = KVStateMachine()
+        self.m = Model()
+        self.index = 0
+        self.hub = WatchHub(self.sm.store)
+        self.got: list[tuple[int, int, bytes, bytes]] = []
+
+        def send(b):  # type: ignore[no-untyped-def]
+            for e in b.events:
+                self.got.append((b.revision, e.type, e.kv.key, e.kv.value))
+            return True
+
+        self.stream = WatchStream(self.hub, send)
+        self.stream.create(b"\x00", b"\x00", 1)  # every key, from the first revision
+
+    def apply(self, op: int, req: object) -> object:
+        self.index += 1
+        return self.sm.apply(self.index, encode(op, req))
+
+    @rule(k=keys, v=values)
+    def put(self, k: bytes, v: bytes) -> None:
+        prev = self.m.cur.get(k)
+        r = self.apply(OP_PUT, rpc_pb2.PutRequest(key=k, value=v, prev_kv=True))
+        rev = self.m.write([(k, v)])
+        assert isinstance(r, rpc_pb2.PutResponse)
+        assert r.header.revision == rev
+        assert r.HasField("prev_kv") == (prev is not None)
+        if prev is not None:
+            assert (r.prev_kv.value, r.prev_kv.mod_revision) == (prev.value, prev.mod)
+
+    @rule(k=keys, prefix=st.booleans())
+    def delete(self, k: bytes, prefix: bool) -> None:
+        end = k[:-1] + bytes([k[-1] + 1]) if prefix else b""
+        gone = sorted(x for x in self.m.cur if in_range(x, k, end))
+        r = self.apply(OP_DELETE, rpc_pb2.DeleteRangeRequest(key=k, range_end=end, prev_kv=True))
+        rev = self.m.write([(x, None) for x in gone])
+        assert isinstance(r, rpc_pb2.DeleteRangeResponse)
+        assert r.deleted == len(gone) and [kv.key for kv in r.prev_kvs] == gone
+        assert r.header.revision == rev
+
+    @rule(k=keys, expect=values, v=values, k2=keys)
+    def txn(self, k: bytes, expect: bytes, v: bytes, k2: bytes) -> None:
+        cur = self.m.cur.get(k)
+        ok = cur is not None and cur.value == expect
+        cmp = rpc_pb2.Compare(key=k, target=rpc_pb2.Compare.VALUE, result=rpc_pb2.Compare.EQUAL, value=expect)
+        succ = [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=k, value=v)),
+                rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=k))]  # fmt: skip
+        fail = [rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=k2))]
+        r = self.apply(OP_TXN, rpc_pb2.TxnRequest(compare=[cmp], success=succ, failure=fail))
+        assert isinstance(r, rpc_pb2.TxnResponse)
+        assert r.succeeded == ok
+        if ok:
+            rev = self.m.write([(k, v)])
+            # a read inside the txn sees the txn's own write
+            assert r.responses[1].response_range.kvs[0].value == v
+        else:
+            rev = self.m.write([(k2, None)] if k2 in self.m.cur else [])
+        assert r.header.revision == rev
+
+    @rule(k=keys)
+    def version_compare_on_missing_key(self, k: bytes) -> None:
+        # etcd: for a missing key, VERSION/CREATE/MOD compare against 0
+        cmp = rpc_pb2.Compare(key=k, target=rpc_pb2.Compare.VERSION, result=rpc_pb2.Compare.EQUAL, version=0)
+        r = self.sm.read_txn(rpc_pb2.TxnRequest(compare=[cmp]))
+        assert r.succeeded == (k not in self.m.cur)
+
+    @rule(back=st.integers(0, 6))
+    def compact(self, back: int) -> None:
+        rev = self.m.rev - back
+        r = self.apply(OP_COMPACT, rpc_pb2.CompactionRequest(revision=rev))
+        if rev <= self.m.compacted:
+            assert isinstance(r, KVError) and str(r) == ERR_COMPACTED
+            return
+        assert isinstance(r, rpc_pb2.CompactionResponse)
+        self.m.compacted = rev
+
+    @rule(k=keys, back=st.integers(-1, 8), limit=st.integers(0, 3), prefix=st.booleans())
+    def range(self, k: bytes, back: int, limit: int, prefix: bool) -> None:
+        rev = self.m.rev - back if back >= 0 else self.m.rev + 1
+        end = b"\x00" if prefix else b""
+        if rev <= 0:
+            rev = 0  # etcd: revision <= 0 means the current one
+        req = rpc_pb2.RangeRequest(key=k, range_end=end, revision=rev, limit=limit)
+        if rev > self.m.rev:
+            try:
+                self.sm.range(req)
+            except KVError as e:
+                assert str(e) == ERR_FUTURE_REV
+                return
+            raise AssertionError("future revision accepted")
+        if 0 < rev < self.m.compacted:
+            try:
+                self.sm.range(req)
+            except KVError as e:
+                assert str(e) == ERR_COMPACTED
+                return
+            raise AssertionError("compacted revision accepted")
+        state = self.m.states[rev or self.m.rev]
+        expect = sorted((x, y) for x, y in state.items() if (x >= k if prefix else x == k))
+        r = self.sm.range(req)
+        assert r.count == len(expect)
+        want = expect[:limit] if limit else expect
+        assert [(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in r.kvs] == [
+            (x, y.value, y.create, y.mod, y.version) for x, y in want
+        ]
+        assert r.more == (bool(limit) and len(expect) > limit)
+        assert r.header.revision == self.m.rev
+
+    @precondition(lambda self: self.m.rev > 1)
+    @rule(back=st.integers(0, 5))
+    def watch_from_past(self, back: int) -> None:
+        start = max(1, self.m.rev - back)
+        got: list[tuple[int, int, bytes]] = []
+
+        def send(b):  # type: ignore[no-untyped-def]
+            got.extend((b.revision, e.type, e.kv.key) for e in b.events)
+            if b.canceled:
+                got.append((-1, b.compact_revision, b""))
+            return True
+
+        ws = WatchStream(self.hub, send)
+        ws.create(b"\x00", b"\x00", start)
+        ws.close()
+        if start < self.m.compacted:
+            assert got == [(-1, self.m.compacted, b"")]
+        else:
+            # at the compacted revision itself only puts survive (etcd drops its tombstones)
+            assert got == [
+                (r, t, k) for r, t, k, _ in self.m.events if r >= start and not (r == self.m.compacted and t == 1)
+            ]
+
+    @invariant()
+    def live_watch_saw_every_event_in_order(self) -> None:
+        assert self.got == self.m.events
+
+    @invariant()
+    def snapshot_roundtrip(self) -> None:
+        if self.index % 7 == 3:
+            other = KVStateMachine()
+            other.restore(self.sm.snapshot())
+            assert other.store.revision == self.sm.store.revision
+            assert other.store.range(b"\x00", b"\x00") == self.sm.store.range(b"\x00", b"\x00")
+
+
+KVMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+test_kv_against_model = KVMachine.TestCase
