@@ -363,18 +363,29 @@ class Sim:
         for nid in list(self.nodes):
             self.restart(nid)
         marker: bytes | None = None
+        waited = 0
         for _ in range(max_ticks):
             self.run_ticks(1)
             ld = self.leader()
             if ld is None or ld.raft is None:
                 continue
-            if marker is None or marker not in self.proposals:
+            waited += 1
+            # an accepted but unacknowledged proposal may be lost (leader change): retry like a client
+            if marker is None or marker not in self.proposals or (marker not in self.acked and waited > 20):
                 marker = self.propose(ld.id)
+                waited = 0
                 continue
             if marker not in self.acked:
                 continue
+            # a freshly elected leader may not know the commit index yet: it is only
+            # authoritative once something of its own term is committed and applied
+            lr = ld.raft
+            if lr.log.term(lr.log.committed) != lr.term or lr.log.applied < lr.log.committed:
+                continue
+            if marker not in {d for _, d in ld.state}:
+                continue
             members = self.members()
-            target = ld.raft.log.committed
+            target = lr.log.committed
             if all(self.nodes[m].applied >= target for m in members if m in self.nodes):
                 break
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections.abc import AsyncIterator
 
@@ -43,7 +44,10 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     ) -> rpc_pb2.LeaseGrantResponse:
         if request.TTL > MAX_LEASE_TTL:
             raise KVError(ERR_LEASE_TTL_TOO_LARGE, "OUT_OF_RANGE")
-        req = rpc_pb2.LeaseGrantRequest(TTL=request.TTL, ID=request.ID or random.getrandbits(62) + 1)
+        # etcd's minimum TTL is 1.5 election timeouts (rounded up to a second); applied here, before
+        # proposing, so every node applies the same value
+        min_ttl = math.ceil(1.5 * self.ctx.node.cfg.election_ms / 1000)
+        req = rpc_pb2.LeaseGrantRequest(TTL=max(request.TTL, min_ttl), ID=request.ID or random.getrandbits(62) + 1)
         res = raise_if_error(await self.ctx.node.propose(encode(OP_LEASE_GRANT, req)))
         return self.ctx.fill(res)
 

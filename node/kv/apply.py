@@ -21,7 +21,6 @@ from .mvcc import ERR_COMPACTED, KV, KVError, MVCCStore, WriteTxn, in_range
 
 MAX_TXN_OPS = 128
 MAX_LEASE_TTL = 9_000_000_000
-MIN_LEASE_TTL = 5  # etcd: minTTL = ceil(3 * election timeout / heartbeat); 5 s for the defaults
 
 OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_LEASE_GRANT, OP_LEASE_REVOKE, OP_ALARM = range(1, 8)
 
@@ -347,7 +346,7 @@ class KVStateMachine:
     def _lease_grant(self, r: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
         if r.ID in self.leases:
             raise KVError(ERR_LEASE_EXISTS, "FAILED_PRECONDITION")
-        ttl = max(r.TTL, MIN_LEASE_TTL)
+        ttl = r.TTL  # the proposer already raised it to the minimum (see lease_service)
         self.leases[r.ID] = LeaseState(r.ID, ttl)
         for cb in self.on_lease_granted:
             cb(r.ID)
