@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import random
-import socket
 import statistics
 import tempfile
 from collections.abc import AsyncIterator
@@ -13,22 +11,7 @@ from pathlib import Path
 
 from orchestrator.cluster import Cluster
 from orchestrator.config import ClusterConfig
-
-
-def port_block(n: int) -> int:
-    for _ in range(500):
-        base = random.randrange(30000, 60000 - n)
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
+from orchestrator.ports import port_block
 
 
 @contextlib.asynccontextmanager

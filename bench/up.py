@@ -17,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import median, port_block
+from orchestrator.ports import port_block
+
+from .common import median
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -127,7 +127,11 @@ async def cmd_up(ctx: Ctx, a: argparse.Namespace) -> int:
         cfg = replace(cfg, **over)
         cfgmod.check_ports(cfg, "command line")
     if cfg.network == "netns":
-        raise OrchestrateError("network 'netns' arrives with the chaos module; use --net local for now")
+        from chaos.net import netns_available
+
+        why = netns_available()
+        if why:
+            raise OrchestrateError(f"--net netns: {why}; use --net local (in-process fault rules) instead")
     c = Cluster(ctx.root, cfg.name)
     with c.dir.lock():
         c.create(cfg)

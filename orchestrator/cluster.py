@@ -107,6 +107,14 @@ class ClusterView:
         }
 
 
+def netns_identity(state_path: Path) -> tuple[str, int]:
+    """A short tag and a /24 for this cluster's namespaces, stable for its state directory."""
+    import hashlib
+
+    h = hashlib.sha1(str(state_path.resolve()).encode()).hexdigest()
+    return h[:6], 1 + int(h[6:10], 16) % 250
+
+
 def port_free(address: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -185,12 +193,33 @@ class Cluster:
         for name in cfg.nodes:
             host = cfg.host_of(name)
             st.nodes[name] = NodeRecord(name, cfg.client_port_of(name), cfg.peer_port_of(name), host.name, host.address)
+        if cfg.network == "netns":
+            tag, subnet = netns_identity(self.dir.path)
+            st.extra["netns"] = {"tag": tag, "subnet": subnet}
+            for i, name in enumerate(cfg.nodes):
+                self._place_in_netns(st, name, i)
         self._st = st
+
+    def netns(self) -> Any:
+        from chaos.net import Netns
+
+        info = self.st.extra.get("netns")
+        return Netns(info["tag"], info["subnet"]) if info else None
+
+    def _place_in_netns(self, st: ClusterState, name: str, index: int) -> None:
+        from chaos.net import Netns
+
+        info = st.extra["netns"]
+        nn = Netns(info["tag"], info["subnet"])
+        rec = st.nodes[name]
+        rec.address, rec.netns = nn.address(index), nn.ns(index)
 
     def check_ports(self, names: list[str]) -> None:
         busy = []
         for n in names:
             r = self.st.nodes[n]
+            if r.netns:
+                continue  # a fresh namespace of its own: nothing else listens there
             for kind, port in (("client", r.client_port), ("peer", r.peer_port)):
                 if not port_free(r.address, port):
                     busy.append(f"{n} {kind} port {r.address}:{port}")
@@ -210,6 +239,9 @@ class Cluster:
 
     async def up(self, timeout: float, progress: Callable[[str], None] | None = None) -> ClusterView:
         names = self.st.live_names()
+        nn = self.netns()
+        if nn is not None:
+            nn.create(len(self.st.nodes))
         self.check_ports(names)
         for n in names:
             self.spawn(n)
@@ -276,6 +308,9 @@ class Cluster:
                 self.launcher.stop(rec, timeout=max(5.0, self.st.election_ms / 1000 * 4))
                 stopped.append(n)
             rec.desired = "stopped"
+        nn = self.netns()
+        if nn is not None:
+            nn.destroy()
         if purge:
             shutil.rmtree(self.dir.path, ignore_errors=True)
             self._st = None
@@ -455,6 +490,9 @@ class Cluster:
         if name in st.nodes:
             shutil.rmtree(self.dir.data_dir(name), ignore_errors=True)
         st.nodes[name] = rec
+        if st.extra.get("netns"):
+            self._place_in_netns(st, name, idx)
+            self.netns().add_host(idx)
         try:
             self.check_ports([name])
         except OrchestrateError:

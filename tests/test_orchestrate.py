@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -18,24 +17,8 @@ from typing import Any
 import pytest
 
 from orchestrator.config import ConfigError, parse
+from orchestrator.ports import port_block
 from tests.procs import REPO
-
-
-def port_block(n: int) -> int:
-    """A base port with n consecutive free ports (for client+i and peer+i)."""
-    for _ in range(200):
-        base = random.randrange(30000, 60000 - n)
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
 
 
 class Orch:

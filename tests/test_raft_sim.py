@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +33,9 @@ def test_random_schedules_are_safe(capsys: pytest.CaptureFixture[str]) -> None:
     t0 = time.monotonic()
     ran = acked = 0
     failures: list[str] = []
-    with ProcessPoolExecutor(workers) as pool:
+    # spawn, never fork: earlier tests in this process leave gRPC threads behind, and forking a
+    # process with live gRPC threads can wedge the children
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for done, ack, err in pool.map(_run_range, starts, [min(chunk, SCHEDULES - s) for s in starts]):
             ran += done
             acked += ack

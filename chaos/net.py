@@ -1,0 +1,252 @@
+"""Network fault backends behind one interface.
+
+* ``local`` — no privileges: the nodes' own rule tables (node/faults.py),
+  installed over the Admin API and enforced in each node's peer transport.
+  Only our builtin engine has them.
+* ``netns`` — root: every node lives in its own network namespace with its
+  own address on a bridge; partitions and loss are real iptables rules inside
+  the namespaces (INPUT and OUTPUT, by peer address). Works for both engines.
+  Latency needs tc netem, which some kernels lack: then it is refused with a
+  clear message and the local backend can add it instead (builtin engine).
+
+A backend receives the complete desired rule set every time (set semantics),
+so applying and undoing faults is idempotent and a crash leaves nothing that
+`heal` or `orchestrate chaos cleanup` cannot remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Protocol
+
+from node.client import ClientError
+from orchestrator.cluster import Cluster
+
+
+class NetError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NetRule:
+    src: str
+    dst: str
+    action: str  # drop | loss | delay
+    probability: float = 1.0
+    delay_ms: float = 0.0
+
+    def to_admin(self) -> dict[str, object]:
+        return {"src": self.src, "dst": self.dst, "action": self.action, "probability": self.probability,
+                "delay_ms": self.delay_ms, "jitter_ms": 0.0}  # fmt: skip
+
+
+class Backend(Protocol):
+    name: str
+
+    async def apply(self, rules: list[NetRule]) -> None: ...
+    async def clear(self) -> None: ...
+
+
+class LocalBackend:
+    """Rule tables inside our nodes; every node gets the full set and enforces its own pairs."""
+
+    name = "local"
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.c = cluster
+        if cluster.st.engine != "builtin":
+            raise NetError(
+                "the local network backend needs quorumlab's own nodes (engine builtin); for real etcd use "
+                "--net netns (root): partitions become iptables rules in network namespaces"
+            )
+
+    async def apply(self, rules: list[NetRule]) -> None:
+        payload = [r.to_admin() for r in rules]
+        names = [n for n in self.c.st.live_names() if self.c.launcher.state(self.c.st.nodes[n]) == "running"]
+        async with self.c.client(names, timeout=2.0) as cl:
+            results = await asyncio.gather(
+                *(cl.set_faults(self.c.st.nodes[n].endpoint, payload) for n in names), return_exceptions=True
+            )
+        failed = [f"{n}: {r}" for n, r in zip(names, results, strict=True) if isinstance(r, ClientError)]
+        if failed and len(failed) == len(names):
+            raise NetError("could not install fault rules on any node: " + "; ".join(failed))
+        # a node that is down now gets the rules when the next fault or heal is applied
+
+    async def clear(self) -> None:
+        await self.apply([])
+
+
+def _run(args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(args, capture_output=True, text=True, timeout=20)
+    if check and r.returncode != 0:
+        raise NetError(f"{' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
+    return r
+
+
+def netns_available() -> str | None:
+    """None when namespaces and iptables can be used; otherwise the reason they cannot."""
+    if os.geteuid() != 0:
+        return "network namespaces and iptables need root"
+    for tool in ("ip", "iptables"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: iproute2, iptables)"
+    return None
+
+
+def netem_available() -> bool:
+    if shutil.which("tc") is None:
+        return False
+    ns = f"qlnetem{os.getpid() % 100000}"
+    try:
+        if _run(["ip", "netns", "add", ns], check=False).returncode != 0:
+            return False
+        r = _run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+                 check=False)  # fmt: skip
+        return r.returncode == 0
+    finally:
+        _run(["ip", "netns", "del", ns], check=False)
+
+
+class Netns:
+    """Namespaces, veths and a bridge for one cluster: ql-<tag>-<node>, qlb-<tag>, 10.231.<k>.0/24.
+
+    The addresses belong to test hosts this cluster created inside its own
+    namespaces; nothing is routed beyond the bridge.
+    """
+
+    SUBNET_BASE = "10.231"
+
+    def __init__(self, tag: str, subnet: int) -> None:
+        if len(tag) > 6 or not tag.isalnum():
+            raise NetError(f"netns tag {tag!r} must be 1-6 alphanumerics")
+        self.tag = tag
+        self.subnet = subnet
+        self.bridge = f"qlb-{tag}"
+
+    def ns(self, node_index: int) -> str:
+        return f"ql-{self.tag}-{node_index}"
+
+    def address(self, node_index: int) -> str:
+        return f"{self.SUBNET_BASE}.{self.subnet}.{node_index + 1}"
+
+    def gateway(self) -> str:
+        return f"{self.SUBNET_BASE}.{self.subnet}.254"
+
+    def create(self, count: int) -> None:
+        why = netns_available()
+        if why:
+            raise NetError(why)
+        if _run(["ip", "link", "show", self.bridge], check=False).returncode != 0:
+            _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{self.gateway()}/24", "dev", self.bridge])
+            _run(["ip", "link", "set", self.bridge, "up"])
+        for i in range(count):
+            self.add_host(i)
+
+    def add_host(self, i: int) -> None:
+        ns, veth = self.ns(i), f"qlv-{self.tag}-{i}"
+        if _run(["ip", "netns", "pids", ns], check=False).returncode == 0 and ns in _list_ns():
+            return
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
+        ex = ["ip", "netns", "exec", ns]
+        _run([*ex, "ip", "addr", "add", f"{self.address(i)}/24", "dev", "eth0"])
+        _run([*ex, "ip", "link", "set", "eth0", "up"])
+        _run([*ex, "ip", "link", "set", "lo", "up"])
+
+    def destroy(self) -> list[str]:
+        removed = []
+        for ns in _list_ns():
+            if ns.startswith(f"ql-{self.tag}-"):
+                _run(["ip", "netns", "del", ns], check=False)
+                removed.append(ns)
+        if _run(["ip", "link", "show", self.bridge], check=False).returncode == 0:
+            _run(["ip", "link", "del", self.bridge], check=False)
+            removed.append(self.bridge)
+        return removed
+
+
+def _list_ns() -> list[str]:
+    r = _run(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+
+
+def cleanup_all(prefix: str = "ql-") -> list[str]:
+    """Remove every quorumlab namespace and bridge on this machine (idempotent)."""
+    removed = []
+    for ns in _list_ns():
+        if ns.startswith(prefix):
+            _run(["ip", "netns", "del", ns], check=False)
+            removed.append(ns)
+    r = _run(["ip", "-o", "link", "show", "type", "bridge"], check=False)
+    for line in r.stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith("qlb-"):
+            _run(["ip", "link", "del", name], check=False)
+            removed.append(name)
+    return removed
+
+
+class NetnsBackend:
+    """Real iptables DROP rules (and statistic-match loss) inside each node's namespace."""
+
+    name = "netns"
+    CHAIN = "QUORUMLAB"
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.c = cluster
+        why = netns_available()
+        if why:
+            raise NetError(why)
+        for n in cluster.st.live_names():
+            if not cluster.st.nodes[n].netns:
+                raise NetError(f"node {n} does not run in a network namespace; start the cluster with --net netns")
+
+    def _ns_of(self, name: str) -> str:
+        return self.c.st.nodes[name].netns
+
+    def _addr(self, name: str) -> str:
+        return self.c.st.nodes[name].address
+
+    async def apply(self, rules: list[NetRule]) -> None:
+        await asyncio.to_thread(self._apply_sync, rules)
+
+    def _apply_sync(self, rules: list[NetRule]) -> None:
+        if any(r.action == "delay" for r in rules):
+            raise NetError("added latency needs tc netem, which this kernel lacks; use the local backend for latency")
+        names = self.c.st.live_names()
+        for n in names:
+            ns = self._ns_of(n)
+            ex = ["ip", "netns", "exec", ns, "iptables"]
+            if _run([*ex, "-n", "-L", self.CHAIN], check=False).returncode != 0:
+                _run([*ex, "-N", self.CHAIN])
+                _run([*ex, "-I", "INPUT", "-j", self.CHAIN])
+                _run([*ex, "-I", "OUTPUT", "-j", self.CHAIN])
+            _run([*ex, "-F", self.CHAIN])
+            for r in rules:
+                peers = [p for p in names if p != n]
+                for p in peers:
+                    if r.src in ("*", n) and r.dst in ("*", p):
+                        _run([*ex, "-A", self.CHAIN, "-d", self._addr(p), *self._target(r)])  # n sends to p
+                    if r.src in ("*", p) and r.dst in ("*", n):
+                        _run([*ex, "-A", self.CHAIN, "-s", self._addr(p), *self._target(r)])  # n receives from p
+
+    @staticmethod
+    def _target(r: NetRule) -> list[str]:
+        if r.action == "loss":
+            return ["-m", "statistic", "--mode", "random", "--probability", f"{r.probability:.4f}", "-j", "DROP"]
+        return ["-j", "DROP"]
+
+    async def clear(self) -> None:
+        await self.apply([])
+
+
+def backend_for(cluster: Cluster) -> Backend:
+    if cluster.st.network == "netns":
+        return NetnsBackend(cluster)
+    return LocalBackend(cluster)
