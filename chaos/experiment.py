@@ -13,7 +13,7 @@ An experiment is YAML (see chaos/experiments/). Steps::
     - delay: {ms: 100, nodes: leader}
     - heal: {}
     - add: n7 / remove: n7
-    - expect: {writable: true|false|quorum, on: cluster|each-side|NODE, within: 5}
+    - expect: {writable: true|false|quorum, at: cluster|each-side|NODE, within: 5}
     - expect: {leaders: 1, within: 5}
     - kill_until_unwritable: {}   # the quorum table: kill nodes one by one, probing writes
     - repeat: {times: 3, steps: [...]}
@@ -124,6 +124,14 @@ def _validate_steps(p: Path, steps: list[Any]) -> None:
             raise ExperimentError(f"{p}: step {i + 1}: unknown step {kind!r}; known: {', '.join(STEP_KINDS)}")
         if kind == "repeat":
             _validate_steps(p, (s[kind] or {}).get("steps", []))
+        if kind == "expect":
+            arg = s[kind]
+            bad = [k for k in (arg or {}) if k not in ("writable", "leaders", "at", "within")]
+            if not isinstance(arg, dict) or bad or not ({"writable", "leaders"} & set(arg)):
+                raise ExperimentError(
+                    f"{p}: step {i + 1}: expect takes writable or leaders, plus at and within; got {arg!r}"
+                    + (" (YAML reads a bare `on:` key as true: say at:)" if True in (arg or {}) else "")
+                )
 
 
 class Runner:
@@ -329,7 +337,7 @@ class Runner:
     async def _expect(self, arg: dict[str, Any]) -> None:
         assert self.cluster is not None and self.chaos is not None
         within = float(arg.get("within", 5))
-        on = arg.get("on", "cluster")
+        on = arg.get("at", "cluster")
         deadline = time.monotonic() + within
         if "leaders" in arg:
             want = int(arg["leaders"])
@@ -343,7 +351,7 @@ class Runner:
             self._record(f"leaders == {want}", want, measured, measured == want, within)
             return
         want_w = arg.get("writable")
-        sides = self._sides(on)
+        sides = await self._sides(on)
         for side in sides:
             expected = want_w
             if want_w == "quorum":
@@ -368,7 +376,7 @@ class Runner:
             what = f"{'+'.join(side)} writable"
             self._record(what, expected, ok, ok == expected, time.monotonic() - t_start)
 
-    def _sides(self, on: Any) -> list[list[str]]:
+    async def _sides(self, on: Any) -> list[list[str]]:
         assert self.cluster is not None and self.chaos is not None
         names = self.cluster.st.live_names()
         if on == "each-side":
@@ -376,9 +384,7 @@ class Runner:
             return [g for g in groups if g]
         if on == "cluster":
             return [names]
-        if isinstance(on, list):
-            return [list(on)]
-        return [[on]]
+        return [await self.chaos.resolve(on)]
 
     def _record(self, what: str, expected: Any, measured: Any, passed: bool, took: float) -> None:
         assert self.chaos is not None

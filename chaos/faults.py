@@ -68,7 +68,9 @@ class Chaos:
         if target in names:
             return [target]
         if target not in ROLE_TARGETS:
-            raise FaultError(f"unknown target {target!r}: a node name or one of {', '.join(ROLE_TARGETS)}")
+            raise FaultError(
+                f"unknown node {target!r}; this cluster has {', '.join(names)} (or say {', '.join(ROLE_TARGETS)})"
+            )
         view = view or await self.c.view(usage=False)
         running = [v.name for v in view.nodes if v.state == "running"]
         leader = view.leader
@@ -105,7 +107,11 @@ class Chaos:
             "restart": self.c.restart_node,
         }[verb]
         done = []
+        skip = {"start": ("running", "paused"), "resume": ("running", "stopped"), "kill": ("stopped",),
+                "stop": ("stopped",), "pause": ("paused", "stopped")}.get(verb, ())  # fmt: skip
         for n in names:
+            if self.c.launcher.state(self.c.st.nodes[n]) in skip:
+                continue  # already there: "start all" starts only what is stopped
             try:
                 fn(n)
                 done.append(n)

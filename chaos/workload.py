@@ -83,11 +83,13 @@ class Workload:
         rng = random.Random(self.seed * 1000 + cid)
         async with Client([self.endpoints[node]], timeout=self.timeout) as cl:
             while not self._stop.is_set():
-                await self._one(cl, cid, node, rng)
-                if self.rate:
+                ok = await self._one(cl, cid, node, rng)
+                if not ok:
+                    await asyncio.sleep(0.05)  # a down or leaderless node: retry, but do not spin
+                elif self.rate:
                     await asyncio.sleep(rng.expovariate(self.rate))
 
-    async def _one(self, cl: Client, cid: int, node: str, rng: random.Random) -> None:
+    async def _one(self, cl: Client, cid: int, node: str, rng: random.Random) -> bool:
         r = rng.random()
         oid = next(self._ids)
         if r < 0.15:
@@ -124,6 +126,7 @@ class Workload:
             if op.kind == "get":
                 op.value = None
         self.samples.append(Sample(op.invoke, (op.complete or self.now()) - op.invoke, op.outcome == OK, op.kind))
+        return op.outcome == OK
 
     async def final_read(self, endpoints: list[str], attempts: int = 20) -> dict[str, str | None] | None:
         """Read every unique key after healing; None if the cluster never answered."""

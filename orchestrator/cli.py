@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     tu.set_defaults(fn=cmd_tui)
 
     kvcli.add_parsers(sub)
+    # the CLI is the composition root: chaos builds on the orchestrator, and its verbs join here
+    from chaos import cli as chaos_cli
+
+    chaos_cli.add_parsers(sub)
     return p
 
 

@@ -1,0 +1,206 @@
+"""`orchestrate chaos ...`, `orchestrate experiment ...`, `orchestrate check ...`.
+
+Faults injected from separate invocations combine: the active network rules
+live in the cluster's state file, and every command re-sends the whole set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.cluster import Cluster
+
+from . import experiment as exp
+from .checker import check
+from .faults import Chaos, FaultError
+from .history import load
+from .net import NetError, NetRule, cleanup_all
+
+if TYPE_CHECKING:
+    from orchestrator.cli import Ctx
+
+
+def _chaos(c: Cluster) -> Chaos:
+    ch = Chaos(c)
+    saved = c.st.extra.get("chaos", {})
+    ch.rules = {fid: [NetRule(**r) for r in rules] for fid, rules in saved.get("rules", {}).items()}
+    ch.groups = saved.get("groups", [])
+    ch._ids = saved.get("next_id", 0)
+    return ch
+
+
+def _save(c: Cluster, ch: Chaos) -> None:
+    c.st.extra["chaos"] = {
+        "rules": {fid: [asdict(r) for r in rules] for fid, rules in ch.rules.items()},
+        "groups": ch.groups,
+        "next_id": ch._ids,
+    }
+    c.save()
+
+
+async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:
+    if a.chaos_cmd == "cleanup":
+        removed = await asyncio.to_thread(cleanup_all)
+        c = ctx.cluster() if ctx.cluster().dir.exists() else None
+        if c is not None:
+            ch = _chaos(c)
+            if c.st.engine == "builtin" or c.st.network == "netns":
+                try:
+                    await ch.heal()
+                except (NetError, FaultError) as e:
+                    print(f"note: could not clear node rule tables ({e})")
+            ch.rules.clear()
+            ch.groups = []
+            _save(c, ch)
+        print(f"removed {len(removed)} namespaces/bridges" + (f": {', '.join(removed)}" if removed else ""))
+        return 0
+    c = ctx.cluster()
+    with c.dir.lock():
+        ch = _chaos(c)
+        try:
+            msg = await _apply(ch, a)
+        except (FaultError, NetError) as e:
+            print(f"orchestrate: {e}", file=sys.stderr)
+            return 2
+        _save(c, ch)
+    print(msg)
+    return 0
+
+
+async def _apply(ch: Chaos, a: argparse.Namespace) -> str:
+    k = a.chaos_cmd
+    if k == "partition":
+        groups = [g.split(",") for g in a.groups]
+        fid = await ch.partition(groups)
+        return f"{fid}: " + " | ".join(",".join(g) for g in ch.groups)
+    if k == "isolate":
+        fid = await ch.isolate(a.node)
+        return f"{fid}: " + " | ".join(",".join(g) for g in ch.groups)
+    if k == "bridge":
+        return await ch.bridge(a.node)
+    if k == "drop":
+        return await ch.drop(a.src, a.dst)
+    if k == "loss":
+        return await ch.loss(a.probability, a.nodes.split(",") if "," in a.nodes else a.nodes)
+    if k == "delay":
+        return await ch.delay(a.ms, a.nodes.split(",") if "," in a.nodes else a.nodes)
+    if k == "undo":
+        await ch.undo(a.id)
+        return f"undid {a.id}"
+    if k == "heal":
+        await ch.heal()
+        return "healed: network rules cleared, paused nodes resumed"
+    if k == "list":
+        if not ch.rules:
+            return "no network faults active"
+        return "\n".join(f"{fid}: {len(rules)} rules, e.g. {rules[0].src}->{rules[0].dst} {rules[0].action}"
+                         for fid, rules in ch.rules.items())  # fmt: skip
+    raise FaultError(f"unknown chaos command {k}")
+
+
+async def cmd_experiment(ctx: Ctx, a: argparse.Namespace) -> int:
+    if a.exp_cmd == "list":
+        for name, desc in exp.list_builtin():
+            print(f"{name:24} {desc}")
+        return 0
+    spec = exp.load(a.ref)
+    t0 = time.monotonic()
+    bar = _Progress(sys.stderr.isatty())
+    runner = exp.Runner(spec, ctx.root, Path(a.reports), engine=a.engine, net=a.net, seed=a.seed,
+                        heartbeat_ms=a.heartbeat_ms, election_ms=a.election_ms, progress=bar)  # fmt: skip
+    try:
+        result = await runner.run()
+    except exp.ExperimentError as e:
+        bar.done()
+        print(f"orchestrate: experiment {spec['name']}: {e}", file=sys.stderr)
+        return 2
+    bar.done()
+    print(exp.summary(result))
+    print(f"({time.monotonic() - t0:.1f}s; exit code {result.exit_code}: 0 valid, 1 invalid, 2 unknown)")
+    return result.exit_code
+
+
+class _Progress:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.monotonic() - self.t0:6.1f}s] {msg}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line[:150])
+            if msg.startswith("  expect"):
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+
+
+async def cmd_check(ctx: Ctx, a: argparse.Namespace) -> int:
+    try:
+        ops = load(Path(a.history))
+    except (OSError, ValueError) as e:
+        print(f"orchestrate: {e}", file=sys.stderr)
+        return 2
+    res = await asyncio.to_thread(check, ops, a.budget)
+    if a.write_out == "json":
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        print(res.summary())
+    return {"valid": 0, "invalid": 1, "unknown": 2}[res.verdict]
+
+
+def add_parsers(sub: Any) -> None:
+    ch = sub.add_parser("chaos", help="inject faults into the running cluster")
+    cs = ch.add_subparsers(dest="chaos_cmd", required=True, metavar="FAULT")
+    p = cs.add_parser("partition", help="split into groups: chaos partition n1,n2,n3 n4,n5,n6")
+    p.add_argument("groups", nargs="+", help="comma-separated groups; unnamed nodes form their own groups")
+    p = cs.add_parser("isolate", help="cut one node off from all others")
+    p.add_argument("node", help="a name or leader / follower / random")
+    p = cs.add_parser("bridge", help="two halves that only reach each other through one middle node")
+    p.add_argument("node")
+    p = cs.add_parser("drop", help="drop messages one way: chaos drop n1 n2")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p = cs.add_parser("loss", help="lose a fraction of messages from some nodes")
+    p.add_argument("probability", type=float)
+    p.add_argument("nodes", nargs="?", default="all")
+    p = cs.add_parser("delay", help="add latency to messages from some nodes (local backend)")
+    p.add_argument("ms", type=float)
+    p.add_argument("nodes", nargs="?", default="all")
+    p = cs.add_parser("undo", help="remove one fault by its id (see chaos list)")
+    p.add_argument("id")
+    cs.add_parser("heal", help="remove every network fault and resume paused nodes")
+    cs.add_parser("list", help="active network faults")
+    cs.add_parser("cleanup", help="remove every quorumlab namespace, bridge and rule, even after a crash")
+    ch.set_defaults(fn=cmd_chaos)
+
+    ex = sub.add_parser("experiment", help="scripted chaos experiments with a verdict")
+    es = ex.add_subparsers(dest="exp_cmd", required=True, metavar="ACTION")
+    es.add_parser("list", help="the built-in experiments")
+    r = es.add_parser("run", help="run a built-in experiment or a YAML file on a fresh throwaway cluster")
+    r.add_argument("ref", help="experiment name or file")
+    r.add_argument("--engine", choices=["builtin", "etcd"])
+    r.add_argument("--net", choices=["local", "netns"])
+    r.add_argument("--reports", default="reports", help="where run folders go (default ./reports)")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--heartbeat-ms", type=int, default=50)
+    r.add_argument("--election-ms", type=int, default=500)
+    ex.set_defaults(fn=cmd_experiment)
+
+    ck = sub.add_parser("check", help="check a recorded history for linearizability")
+    ck.add_argument("history", help="a history.jsonl from an experiment report")
+    ck.add_argument("--budget", type=float, default=60.0, help="seconds before answering unknown")
+    ck.add_argument("-w", "--write-out", choices=["text", "json"], default="text")
+    ck.set_defaults(fn=cmd_check)
