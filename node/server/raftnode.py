@@ -200,6 +200,11 @@ class RaftNode:
                     self.members.setdefault(mid, Member(mid, name, [url]))
         self.applied = self.raft.log.applied
         self.last_snapshot_index = self.raft.log.snapshot.index
+        # Like etcd, fast-forward the election clock at start: T-1 of the randomized [T, 2T)
+        # ticks, so a booting cluster elects within 1..T ticks (still spread out at random)
+        # instead of idling a whole timeout. Pre-vote keeps a restarted member harmless.
+        for _ in range(rcfg.election_tick - 1):
+            self.raft.tick()
         self.transport = Transport(
             self.member_id,
             self.cluster_id,
