@@ -11,38 +11,17 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from orchestrator.cluster import Cluster
 
 from . import experiment as exp
 from .checker import check
 from .faults import Chaos, FaultError
 from .history import load
-from .net import NetError, NetRule, cleanup_all
+from .net import NetError, cleanup_all
 
 if TYPE_CHECKING:
     from orchestrator.cli import Ctx
-
-
-def _chaos(c: Cluster) -> Chaos:
-    ch = Chaos(c)
-    saved = c.st.extra.get("chaos", {})
-    ch.rules = {fid: [NetRule(**r) for r in rules] for fid, rules in saved.get("rules", {}).items()}
-    ch.groups = saved.get("groups", [])
-    ch._ids = saved.get("next_id", 0)
-    return ch
-
-
-def _save(c: Cluster, ch: Chaos) -> None:
-    c.st.extra["chaos"] = {
-        "rules": {fid: [asdict(r) for r in rules] for fid, rules in ch.rules.items()},
-        "groups": ch.groups,
-        "next_id": ch._ids,
-    }
-    c.save()
 
 
 async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:
@@ -50,7 +29,7 @@ async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:
         removed = await asyncio.to_thread(cleanup_all)
         c = ctx.cluster() if ctx.cluster().dir.exists() else None
         if c is not None:
-            ch = _chaos(c)
+            ch = Chaos.for_cluster(c)
             if c.st.engine == "builtin" or c.st.network == "netns":
                 try:
                     await ch.heal()
@@ -58,18 +37,18 @@ async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:
                     print(f"note: could not clear node rule tables ({e})")
             ch.rules.clear()
             ch.groups = []
-            _save(c, ch)
+            ch.save()
         print(f"removed {len(removed)} namespaces/bridges" + (f": {', '.join(removed)}" if removed else ""))
         return 0
     c = ctx.cluster()
     with c.dir.lock():
-        ch = _chaos(c)
+        ch = Chaos.for_cluster(c)
         try:
             msg = await _apply(ch, a)
         except (FaultError, NetError) as e:
             print(f"orchestrate: {e}", file=sys.stderr)
             return 2
-        _save(c, ch)
+        ch.save()
     print(msg)
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.cluster import Cluster, ClusterView, OrchestrateError
@@ -43,6 +43,24 @@ class Chaos:
         self.rules: dict[str, list[NetRule]] = {}  # fault id -> its rules
         self.groups: list[list[str]] = []  # the current partition, for the dashboard and expectations
         self._ids = 0
+
+    @classmethod
+    def for_cluster(cls, cluster: Cluster) -> Chaos:
+        """The chaos state saved with the cluster, so CLI calls and the dashboard share it."""
+        ch = cls(cluster)
+        saved = cluster.st.extra.get("chaos", {})
+        ch.rules = {fid: [NetRule(**r) for r in rules] for fid, rules in saved.get("rules", {}).items()}
+        ch.groups = saved.get("groups", [])
+        ch._ids = saved.get("next_id", 0)
+        return ch
+
+    def save(self) -> None:
+        self.c.st.extra["chaos"] = {
+            "rules": {fid: [asdict(r) for r in rules] for fid, rules in self.rules.items()},
+            "groups": self.groups,
+            "next_id": self._ids,
+        }
+        self.c.save()
 
     @property
     def backend(self) -> Backend:

@@ -87,6 +87,7 @@ class Ctx:
         root = args.root or os.environ.get("QUORUMLAB_HOME") or self.cfg.data_dir
         self.root = Path(root)
         self.name = args.name or self._default_name()
+        self.after: Callable[[], int] | None = None
 
     def _default_name(self) -> str:
         from .state import StateDir
@@ -139,7 +140,7 @@ async def cmd_up(ctx: Ctx, a: argparse.Namespace) -> int:
     _end_progress()
     print(render(view, usage=False))
     if a.tui:
-        return run_tui(ctx)
+        ctx.after = lambda: run_tui(ctx)  # Textual runs its own event loop: start it after ours
     return 0
 
 
@@ -269,7 +270,8 @@ def run_tui(ctx: Ctx) -> int:
 
 
 async def cmd_tui(ctx: Ctx, a: argparse.Namespace) -> int:
-    return run_tui(ctx)
+    ctx.after = lambda: run_tui(ctx)
+    return 0
 
 
 # -- parser -------------------------------------------------------------------------------------------
@@ -378,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = Ctx(args)
         rc: int = asyncio.run(args.fn(ctx, args))
+        if ctx.after is not None and rc == 0:
+            rc = ctx.after()
         return rc
     except (OrchestrateError, cfgmod.ConfigError, EngineError) as e:
         _end_progress()

@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class LocalLauncher:
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # psutil measures CPU between two calls on the same Process object: keep them
+        self._procs: dict[tuple[int, float], psutil.Process] = {}
 
     def start(self, cmd: list[str], log: Path, netns: str = "") -> tuple[int, float]:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -54,9 +56,12 @@ class LocalLauncher:
         if child is not None and child.poll() is not None:
             return None
         try:
-            p = psutil.Process(rec.pid)
-            if rec.create_time and abs(p.create_time() - rec.create_time) > 0.5:
-                return None
+            p = self._procs.get((rec.pid, rec.create_time))
+            if p is None:
+                p = psutil.Process(rec.pid)
+                if rec.create_time and abs(p.create_time() - rec.create_time) > 0.5:
+                    return None
+                self._procs[(rec.pid, rec.create_time)] = p
             if p.status() == psutil.STATUS_ZOMBIE:
                 return None
             return p
