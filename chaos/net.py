@@ -206,6 +206,7 @@ class NetnsBackend:
         for n in cluster.st.live_names():
             if not cluster.st.nodes[n].netns:
                 raise NetError(f"node {n} does not run in a network namespace; start the cluster with --net netns")
+        self._local_delays = False
 
     def _ns_of(self, name: str) -> str:
         return self.c.st.nodes[name].netns
@@ -214,11 +215,20 @@ class NetnsBackend:
         return self.c.st.nodes[name].address
 
     async def apply(self, rules: list[NetRule]) -> None:
-        await asyncio.to_thread(self._apply_sync, rules)
+        delays = [r for r in rules if r.action == "delay"]
+        await asyncio.to_thread(self._apply_sync, [r for r in rules if r.action != "delay"])
+        # iptables cannot delay; tc netem could but is missing on some kernels. Our own nodes
+        # can add latency in their transport, so latency falls back to the local backend there.
+        if delays and self.c.st.engine != "builtin":
+            raise NetError(
+                "added latency needs tc netem inside the namespaces (missing on this kernel) or quorumlab's "
+                "own nodes (engine builtin), which delay messages in their transport"
+            )
+        if delays or self._local_delays:
+            await LocalBackend(self.c).apply(delays)
+            self._local_delays = bool(delays)
 
     def _apply_sync(self, rules: list[NetRule]) -> None:
-        if any(r.action == "delay" for r in rules):
-            raise NetError("added latency needs tc netem, which this kernel lacks; use the local backend for latency")
         names = self.c.st.live_names()
         for n in names:
             ns = self._ns_of(n)

@@ -116,6 +116,9 @@ async def test_no_leader_is_unavailable_for_writes_and_linearizable_reads(node_c
         await c.put("k", "v")
     leader = await cl.wait_leader()
     survivor = next(n for n in cl.names if n != leader)
+    # a follower may hold the entry without knowing it is committed yet: wait until it applied
+    commit = (await cl.statuses([leader]))[leader]["commit"]
+    await cl.wait_applied(cl.names, commit)
     for n in cl.names:
         if n != survivor:
             cl.kill(n)

@@ -68,6 +68,22 @@ async def test_partitions_with_real_iptables_in_namespaces(name: str, tmp_path: 
     assert left == [], f"the experiment left namespaces behind: {left}"
 
 
+@pytest.mark.skipif(NETNS_WHY is not None, reason=f"netns backend unavailable: {NETNS_WHY}")
+async def test_latency_under_netns_falls_back_to_the_nodes(tmp_path: Path) -> None:
+    f = tmp_path / "delay.yaml"
+    f.write_text(
+        "cluster: {nodes: 3}\nworkload: {clients: 2}\nsteps:\n  - wait_for: leader\n"
+        "  - delay: {ms: 80, nodes: leader}\n  - expect: {writable: true, within: 5}\n  - heal: {}\n"
+        "checks: [linearizable]\n"
+    )
+    try:
+        r = await _run(str(f), tmp_path, net="netns")
+        _assert_ran(r)
+        assert any("added latency 80 ms" in e["what"] for e in r.events)
+    finally:
+        cleanup_all()
+
+
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd binary not installed (Debian package etcd-server)")
 async def test_experiment_against_real_etcd(tmp_path: Path) -> None:
     r = await _run("leader-kill", tmp_path, engine="etcd")

@@ -103,7 +103,10 @@ class Dashboard(App[int]):
     #quorum { width: 1fr; min-width: 38; border: round $accent; padding: 0 1; }
     #charts { height: 7; }
     .chart { width: 1fr; border: round $primary; }
-    Sparkline { height: 4; }
+    Sparkline { height: 3; }
+    Sparkline.faults { height: 1; }
+    Sparkline.faults > .sparkline--max-color { color: $error; }
+    Sparkline.faults > .sparkline--min-color { color: $background; }
     #events { height: 10; border: round $secondary; }
     #message { height: auto; color: $warning; }
     #help, #dialog { width: 80; height: auto; border: thick $accent; background: $surface; padding: 1 2; }
@@ -139,6 +142,7 @@ class Dashboard(App[int]):
         self.probe_ms = 0.0
         self.tput = Series()
         self.lat = Series()
+        self.faults = Series()  # 1 while any fault is active: marks fault windows under both charts
         self._probe_ok = 0
         self.workload: Workload | None = None
         self._wl_seen = 0
@@ -153,11 +157,13 @@ class Dashboard(App[int]):
             yield Static("", id="quorum")
         with Horizontal(id="charts"):
             with Vertical(classes="chart"):
-                yield Label("acknowledged writes/s (probe + workload)")
+                yield Label("acknowledged writes/s (probe + workload); red: a fault was active")
                 yield Sparkline([0.0], id="tput")
+                yield Sparkline([0.0], id="tput-faults", classes="faults")
             with Vertical(classes="chart"):
-                yield Label("write latency ms")
+                yield Label("probe write latency ms; red: a fault was active")
                 yield Sparkline([0.0], id="lat")
+                yield Sparkline([0.0], id="lat-faults", classes="faults")
         yield RichLog(id="events", markup=True, wrap=True)
         yield Footer()
 
@@ -217,8 +223,12 @@ class Dashboard(App[int]):
             wl_ok, self._wl_seen = total - self._wl_seen, total
         self.tput.push((self._probe_ok + wl_ok) / self.refresh_s)
         self._probe_ok = 0
+        active = bool(c.st.extra.get("chaos", {}).get("rules")) or any(v.state != "running" for v in view.nodes)
+        self.faults.push(1.0 if active else 0.0)
         self.query_one("#tput", Sparkline).data = self.tput.data()
         self.query_one("#lat", Sparkline).data = self.lat.data()
+        for sid in ("#tput-faults", "#lat-faults"):  # 1 renders in the max (red) colour, 0 in the background
+            self.query_one(sid, Sparkline).data = self.faults.data()
 
     def _fill_table(self, view: ClusterView, groups: list[list[str]]) -> None:
         table = self.query_one("#nodes", DataTable)
