@@ -146,6 +146,11 @@ class Cluster:
     def save(self) -> None:
         self.dir.save(self.st)
 
+    def reload(self) -> None:
+        """Forget cached state: another invocation (or the dashboard) may have changed it on disk."""
+        if self.dir.exists():
+            self._st = None
+
     def record(self, name: str) -> NodeRecord:
         rec = self.st.nodes.get(name)
         if rec is None or rec.desired == "removed":
@@ -301,6 +306,7 @@ class Cluster:
             self.save()
 
     def down(self, purge: bool) -> list[str]:
+        self.reload()  # pids may have changed since we read the state (a restart elsewhere)
         stopped = []
         for n in self.st.live_names():
             rec = self.st.nodes[n]

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
@@ -52,6 +53,10 @@ async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield c
     finally:
         c.down(purge=True)
+        # belt and braces: nothing started under this test's directory may outlive it
+        for p in psutil.process_iter(["cmdline"]):
+            if str(tmp_path) in " ".join(p.info["cmdline"] or []):
+                p.kill()
 
 
 async def test_kill_isolate_heal_from_the_keyboard(cluster: Cluster, tmp_path: Path) -> None:

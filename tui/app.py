@@ -182,9 +182,11 @@ class Dashboard(App[int]):
 
     # -- data ------------------------------------------------------------------------------------
     def _load_cluster(self) -> Cluster | None:
-        c = Cluster(self.root, self.cluster_name)
+        """One Cluster object for the whole session (its launcher keeps psutil handles), re-read each poll."""
+        c = self.cluster or Cluster(self.root, self.cluster_name)
         if not c.dir.exists():
             return None
+        c.reload()
         return c
 
     async def poll(self) -> None:
