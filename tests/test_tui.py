@@ -84,12 +84,14 @@ async def test_kill_isolate_heal_from_the_keyboard(cluster: Cluster, tmp_path: P
         await select(app, pilot, victim)
         await pilot.press("i")
         await wait_until(pilot, lambda: cell(app, victim, "GROUP") == "1")
+        await wait_until(pilot, lambda: any("fault injected: partition" in e.text for e in app.tracker.events))
         await wait_until(pilot, lambda: "in contact w/ lead 2" in panel_text(app))
         assert "can lose           0 more" in panel_text(app)
 
         # h heals: groups vanish, everyone back in contact
         await pilot.press("h")
         await wait_until(pilot, lambda: cell(app, victim, "GROUP") == "-" and "in contact w/ lead 3" in panel_text(app))
+        assert any("fault healed: partition" in e.text for e in app.tracker.events)
         await pilot.press("q")
 
 

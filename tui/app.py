@@ -143,6 +143,7 @@ class Dashboard(App[int]):
         self.tput = Series()
         self.lat = Series()
         self.faults = Series()  # 1 while any fault is active: marks fault windows under both charts
+        self._fault_ids: set[str] | None = None
         self._probe_ok = 0
         self.workload: Workload | None = None
         self._wl_seen = 0
@@ -219,6 +220,7 @@ class Dashboard(App[int]):
         groups = c.st.extra.get("chaos", {}).get("groups", [])
         self._fill_table(view, groups)
         self._update_panel()
+        self._diff_faults(c.st.extra.get("chaos", {}).get("rules", {}))
         wl_ok = 0
         if self.workload is not None:
             total = sum(1 for s in self.workload.samples if s.ok)
@@ -284,6 +286,20 @@ class Dashboard(App[int]):
             self._set_writable(True, ms)
         except ClientError as e:
             self._set_writable(False, 0.0, str(e))
+
+    def _diff_faults(self, rules: dict[str, Any]) -> None:
+        """Network faults come and go from any shell (`orchestrate chaos ...`): log each change."""
+        ids = set(rules)
+        if self._fault_ids is not None:
+            for fid in sorted(ids - self._fault_ids):
+                r = rules[fid][0] if rules[fid] else {}
+                detail = (
+                    f" ({len(rules[fid])} rules, e.g. {r.get('src')}→{r.get('dst')} {r.get('action')})" if r else ""
+                )
+                self.note(self.tracker.add(f"fault injected: {fid}{detail}", "fault").render(), "fault")
+            for fid in sorted(self._fault_ids - ids):
+                self.note(self.tracker.add(f"fault healed: {fid}", "heal").render(), "heal")
+        self._fault_ids = ids
 
     def _update_panel(self) -> None:
         c, view = self.cluster, self.view
