@@ -97,20 +97,6 @@ def netns_available() -> str | None:
     return None
 
 
-def netem_available() -> bool:
-    if shutil.which("tc") is None:
-        return False
-    ns = f"qlnetem{os.getpid() % 100000}"
-    try:
-        if _run(["ip", "netns", "add", ns], check=False).returncode != 0:
-            return False
-        r = _run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
-                 check=False)  # fmt: skip
-        return r.returncode == 0
-    finally:
-        _run(["ip", "netns", "del", ns], check=False)
-
-
 class Netns:
     """Namespaces, veths and a bridge for one cluster: ql-<tag>-<node>, qlb-<tag>, 10.231.<k>.0/24.
 

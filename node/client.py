@@ -271,55 +271,40 @@ class Client:
     async def member_promote(self, member_id: int) -> rpc_pb2.MemberPromoteResponse:
         return await self._call("cluster", "MemberPromote", rpc_pb2.MemberPromoteRequest(ID=member_id), safe=False)
 
-    async def status(self, endpoint: str) -> rpc_pb2.StatusResponse:
-        """Maintenance.Status of one endpoint (no failover: the caller asked about this one)."""
+    async def _at(self, endpoint: str, service: str, method: str, req: Any, timeout: float | None = None) -> Any:
+        """One call to this endpoint, no failover: the caller asked about this node."""
         try:
-            return await self._conn(_strip(endpoint)).maint.Status(rpc_pb2.StatusRequest(), timeout=self.timeout)
+            stub = getattr(self._conn(_strip(endpoint)), service)
+            return await getattr(stub, method)(req, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as e:
             raise ClientError(e.code(), e.details() or "", endpoint) from None
 
+    async def status(self, endpoint: str) -> rpc_pb2.StatusResponse:
+        """Maintenance.Status of one endpoint."""
+        return await self._at(endpoint, "maint", "Status", rpc_pb2.StatusRequest())
+
     async def move_leader(self, endpoint: str, target_id: int) -> None:
-        try:
-            await self._conn(_strip(endpoint)).maint.MoveLeader(
-                rpc_pb2.MoveLeaderRequest(targetID=target_id), timeout=self.timeout
-            )
-        except grpc.aio.AioRpcError as e:
-            raise ClientError(e.code(), e.details() or "", endpoint) from None
+        await self._at(endpoint, "maint", "MoveLeader", rpc_pb2.MoveLeaderRequest(targetID=target_id))
 
     async def alarms(self) -> rpc_pb2.AlarmResponse:
         return await self._call("maint", "Alarm", rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET), safe=True)
 
     # -- quorumlab's Admin service -----------------------------------------------------------
     async def admin_status(self, endpoint: str, timeout: float | None = None) -> dict[str, Any]:
-        try:
-            r = await self._conn(_strip(endpoint)).admin.Status(
-                admin_pb2.StatusRequest(), timeout=timeout or self.timeout
-            )
-        except grpc.aio.AioRpcError as e:
-            raise ClientError(e.code(), e.details() or "", endpoint) from None
+        r = await self._at(endpoint, "admin", "Status", admin_pb2.StatusRequest(), timeout)
         out: dict[str, Any] = json.loads(r.json)
         return out
 
     async def set_faults(self, endpoint: str, rules: list[dict[str, Any]], add: bool = False) -> list[dict[str, Any]]:
         req = admin_pb2.FaultRules(rules=[admin_pb2.FaultRule(**r) for r in rules])
-        stub = self._conn(_strip(endpoint)).admin
-        try:
-            r = await (stub.AddFaults if add else stub.SetFaults)(req, timeout=self.timeout)
-        except grpc.aio.AioRpcError as e:
-            raise ClientError(e.code(), e.details() or "", endpoint) from None
+        r = await self._at(endpoint, "admin", "AddFaults" if add else "SetFaults", req)
         return [_rule_dict(x) for x in r.rules]
 
     async def clear_faults(self, endpoint: str) -> None:
-        try:
-            await self._conn(_strip(endpoint)).admin.ClearFaults(admin_pb2.FaultRulesRequest(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as e:
-            raise ClientError(e.code(), e.details() or "", endpoint) from None
+        await self._at(endpoint, "admin", "ClearFaults", admin_pb2.FaultRulesRequest())
 
     async def list_faults(self, endpoint: str) -> list[dict[str, Any]]:
-        try:
-            r = await self._conn(_strip(endpoint)).admin.ListFaults(admin_pb2.FaultRulesRequest(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as e:
-            raise ClientError(e.code(), e.details() or "", endpoint) from None
+        r = await self._at(endpoint, "admin", "ListFaults", admin_pb2.FaultRulesRequest())
         return [_rule_dict(x) for x in r.rules]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -334,7 +335,7 @@ class Cluster:
                 self.launcher.usage(st.nodes[n])
             t0 = time.monotonic()
         async with self.client(timeout=timeout) as c:
-            views = await asyncio.gather(*(self._node_view(c, n, ids, False) for n in names))
+            views = await asyncio.gather(*(self._node_view(c, n, ids) for n in names))
         if usage:
             await asyncio.sleep(max(0.0, 0.25 - (time.monotonic() - t0)))
             for v in views:
@@ -355,13 +356,11 @@ class Cluster:
             v.learner = v.learner or bool(src and v.name in (src.extra.get("learners") or []))
         return ClusterView(st.name, st.engine, views, voters, leader, term)
 
-    async def _node_view(self, c: Client, name: str, ids: dict[str, str], usage: bool) -> NodeView:
+    async def _node_view(self, c: Client, name: str, ids: dict[str, str]) -> NodeView:
         rec = self.st.nodes[name]
         state = self.launcher.state(rec)
         v = NodeView(name, state, pid=rec.pid if state != "stopped" else 0, client_url=rec.client_url,
                      member_id=rec.member_id)  # fmt: skip
-        if usage and state != "stopped":
-            v.cpu, v.rss = self.launcher.usage(rec)
         if state != "running":
             return v
         try:
@@ -437,8 +436,6 @@ class Cluster:
         self.save()
 
     def pause_node(self, name: str) -> None:
-        import signal
-
         rec = self.record(name)
         if self.launcher.state(rec) != "running":
             raise OrchestrateError(f"{name} is not running")
@@ -447,8 +444,6 @@ class Cluster:
         self.save()
 
     def resume_node(self, name: str) -> None:
-        import signal
-
         rec = self.record(name)
         if self.launcher.state(rec) != "paused":
             raise OrchestrateError(f"{name} is not paused")

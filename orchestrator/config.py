@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class ClusterConfig:
     data_dir: str = ".quorumlab"
     log_level: str = "info"
     source: str = "<defaults>"
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def node_index(self, name: str) -> int:
         return self.nodes.index(name)

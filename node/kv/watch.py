@@ -129,7 +129,6 @@ class WatchStream:
     def _drop_slow(self, w: Watcher) -> None:
         self.watchers.pop(w.id, None)
         self.hub.watchers.discard(w)
-        self.hub.slow_cancelled += 1
         # the outbox is full: this cancel notice is the one message allowed past the limit
         self._send(Batch(w.id, self.hub.store.revision, [], canceled=True, cancel_reason=REASON_SLOW))
 
@@ -143,7 +142,6 @@ class WatchHub:
     def __init__(self, store: MVCCStore) -> None:
         self.store = store
         self.watchers: set[Watcher] = set()
-        self.slow_cancelled = 0
         store.listeners.append(self._on_commit)
 
     def _on_commit(self, rev: int, events: list[Event]) -> None:

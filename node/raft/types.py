@@ -49,9 +49,6 @@ class MsgType(enum.IntEnum):
     READ_INDEX_RESP = 23
 
 
-LOCAL_MESSAGES = frozenset({MsgType.HUP, MsgType.BEAT, MsgType.CHECK_QUORUM, MsgType.UNREACHABLE, MsgType.SNAP_STATUS})
-
-
 class ConfChangeType(enum.IntEnum):
     ADD_NODE = 0
     REMOVE_NODE = 1

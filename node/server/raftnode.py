@@ -56,7 +56,6 @@ log = logging.getLogger("quorumlab.node")
 # entry kinds in the envelope [origin member id, request seq, kind, payload]; only the
 # origin resolves the waiting request, and seq starts at a random 62-bit value so a
 # restarted member never mistakes an old entry for a new request
-K_NOOP = 0
 K_APP = 1  # payload for the application state machine
 K_ATTRS = 2  # a member publishes its name and client URLs
 K_PEER_URLS = 3  # MemberUpdate: a member's new peer URLs
@@ -139,7 +138,6 @@ class RaftNode:
         self.stopped = asyncio.Event()
         self.removed = False
         self.leader_changes = 0
-        self.last_leader_change = time.monotonic()
         self.started_at = time.monotonic()
         self.role = Role.FOLLOWER
         self.lead = NONE
@@ -398,7 +396,6 @@ class RaftNode:
         assert self.raft is not None
         if lead != self.lead:
             self.leader_changes += 1
-            self.last_leader_change = time.monotonic()
             log.info(
                 "%s: leader is now %s (term %d)",
                 self.cfg.name,
@@ -709,12 +706,6 @@ class RaftNode:
         if m is not None and m.name:
             return m.name
         return f"{mid:x}"
-
-    def id_of(self, name: str) -> int | None:
-        for m in self.members.values():
-            if m.name == name:
-                return m.id
-        return None
 
     def status(self) -> Status:
         return self._raft().status()

@@ -86,7 +86,6 @@ class WAL:
         self._fd = -1
         self._size = 0
         self._seq = 0
-        self._last_index = 0
         self._hs = HardState()
 
     # -- opening and recovery ----------------------------------------------------
@@ -108,7 +107,6 @@ class WAL:
                 os.fsync(f.fileno())
             state.truncated.append(f"{path.name}@{cut}")
         wal._hs = state.hard_state
-        wal._last_index = state.entries[-1].index if state.entries else 0
         if segs:
             wal._seq = segs[-1][0]
             wal._open_segment(segs[-1][2])
@@ -219,8 +217,6 @@ class WAL:
         if buf:
             os.write(self._fd, bytes(buf))
             self._size += len(buf)
-        if entries:
-            self._last_index = entries[-1].index
         if sync and buf:
             os.fdatasync(self._fd)
 
