@@ -21,9 +21,9 @@ from node.client import Client, ClientError
 
 from .history import FAIL, INFO, OK, Op
 
-# refused before proposing: nothing was applied
-_CERTAIN_FAIL = ("no leader", "not leader", "too many requests", "key is not provided", "request is too large",
-                 "leader changed", "server stopped")  # fmt: skip
+# refused before proposing: nothing was applied. ("server stopped" and "leader changed" are NOT
+# here: a stopping node fails proposals that may already be committed.)
+_CERTAIN_FAIL = ("no leader", "not leader", "too many requests", "key is not provided", "request is too large")
 
 
 def classify(e: ClientError, is_write: bool) -> str:
