@@ -150,3 +150,113 @@ def test_disk_storage_snapshot_reset_drops_stale_entries(tmp_path: Path) -> None
     assert rec.snapshot == snap
     assert [e.index for e in rec.entries] == [51, 52]
     assert rec.hard_state == HardState(3, 0, 50)
+
+
+def _records(blob: bytes) -> list[tuple[int, int]]:
+    """(offset, end) of every record in a segment."""
+    out, pos = [], len(MAGIC)
+    while pos < len(blob):
+        n = int.from_bytes(blob[pos : pos + 4], "big")
+        out.append((pos, pos + 13 + n))
+        pos += 13 + n
+    return out
+
+
+@pytest.mark.parametrize("last", ["hard_state", "entry"])
+def test_flipped_bit_anywhere_in_the_last_complete_record_is_refused(tmp_path: Path, last: str) -> None:
+    """A complete, synced final record with a bad checksum is corruption, not a torn write."""
+    wal, _ = WAL.open(tmp_path)
+    for i in range(1, 30, 3):
+        wal.save(HardState(2, 1, i), [Entry(j, 2, EntryType.NORMAL, b"value-%d" % j) for j in range(i, i + 3)])
+    if last == "entry":
+        wal.save(None, [Entry(31, 2, EntryType.NORMAL, b"the last one")])
+    wal.close()
+    seg = _segment(tmp_path)
+    blob = seg.read_bytes()
+    start, end = _records(blob)[-1]
+    assert end == len(blob)
+    for pos in range(start, end):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x01
+        seg.write_bytes(bytes(bad))
+        with pytest.raises(WalCorruption) as ei:
+            WAL.open(tmp_path)
+        assert f"{seg} offset {start}" in str(ei.value), pos
+        assert seg.read_bytes() == bytes(bad)  # nothing was modified
+
+
+def test_flipped_bit_at_the_end_of_an_older_segment_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path, 200, batch=10, segment_bytes=2000)
+    first = sorted(tmp_path.glob("*.wal"))[0]
+    blob = bytearray(first.read_bytes())
+    blob[-1] ^= 0x01
+    first.write_bytes(bytes(blob))
+    with pytest.raises(WalCorruption, match=first.name):
+        WAL.open(tmp_path)
+
+
+def _big_batches(d: Path) -> tuple[list[Entry], Path]:
+    wal, _ = WAL.open(d)
+    ents = [Entry(i, 1, EntryType.NORMAL, bytes([0x41 + i % 26]) * 1500) for i in range(1, 9)]
+    wal.save(HardState(1, 1, 0), ents[:4])
+    wal.save(HardState(1, 1, 4), ents[4:])  # the batch a power loss will tear
+    wal.close()
+    return ents, _segment(d)
+
+
+def test_an_unwritten_sector_inside_the_final_record_is_a_torn_write(tmp_path: Path) -> None:
+    """The file grew but one of the last batch's sectors never reached the disk (etcd's isTornEntry)."""
+    ents, seg = _big_batches(tmp_path)
+    blob = bytearray(seg.read_bytes())
+    recs = _records(bytes(blob))
+    start, end = recs[-2]  # the last entry record, followed by the final hard state
+    s = (start // 512 + 1) * 512
+    assert s + 512 <= end
+    blob[s : s + 512] = bytes(512)
+    seg.write_bytes(bytes(blob))
+    _, st = WAL.open(tmp_path)
+    assert st.entries == ents[:7] and st.truncated == [f"{seg.name}@{start}"]
+
+
+def test_an_unwritten_sector_mid_batch_is_torn_even_with_valid_records_after_it(tmp_path: Path) -> None:
+    ents, seg = _big_batches(tmp_path)
+    blob = bytearray(seg.read_bytes())
+    recs = _records(bytes(blob))
+    start, _ = recs[7]  # the second entry of the last batch: entries 5..8 and a hard state
+    s = (start // 512 + 1) * 512
+    blob[s : min(s + 512, len(blob))] = bytes(min(512, len(blob) - s))
+    seg.write_bytes(bytes(blob))
+    _, st = WAL.open(tmp_path)
+    assert st.entries == ents[:5] and st.truncated == [f"{seg.name}@{start}"]
+
+
+def test_an_unwritten_last_partial_sector_is_a_torn_write(tmp_path: Path) -> None:
+    ents, seg = _big_batches(tmp_path)
+    blob = bytearray(seg.read_bytes())
+    s = (len(blob) - 1) // 512 * 512  # the file's last sector, cut by EOF
+    start = next(a for a, b in _records(bytes(blob)) if a <= s < b)
+    blob[s:] = bytes(len(blob) - s)
+    seg.write_bytes(bytes(blob))
+    _, st = WAL.open(tmp_path)
+    recs = _records(bytes(blob))
+    whole = [e for e, (_, b) in zip(ents, recs[1:5] + recs[6:10], strict=True) if b <= start]
+    assert st.truncated == [f"{seg.name}@{start}"] and st.entries == whole
+
+
+@pytest.mark.parametrize("where", ["inside", "record-end"])
+def test_a_zero_run_that_stops_before_the_sector_end_does_not_excuse_a_bad_checksum(tmp_path: Path, where: str) -> None:
+    """A power loss zeroes whole sectors (to EOF at most); zeros followed by data in the same
+    sector are not a torn write, even when they end exactly where the record ends."""
+    _, seg = _big_batches(tmp_path)
+    blob = bytearray(seg.read_bytes())
+    start, end = _records(bytes(blob))[-2]  # an entry record, followed by the final hard state
+    if where == "inside":
+        s = (start // 512 + 1) * 512
+        blob[s : s + 500] = bytes(500)
+    else:
+        s = (end - 1) // 512 * 512
+        assert end - s > 13 and s + 512 > end  # the next record continues in this sector
+        blob[s:end] = bytes(end - s)
+    seg.write_bytes(bytes(blob))
+    with pytest.raises(WalCorruption, match=f"offset {start}"):
+        WAL.open(tmp_path)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import zlib
 from pathlib import Path
 
 from node.raft import ConfState, Snapshot
+
+from .fileio import REAL, FileIO, storage_error
 
 MAGIC = b"QLSNAP01"
 _HEAD = struct.Struct(">QQII")  # index, term, voters, learners
@@ -46,42 +47,45 @@ def decode_snapshot(blob: bytes, where: str = "snapshot") -> Snapshot:
 
 
 class SnapshotStore:
-    def __init__(self, directory: Path, keep: int = 2) -> None:
+    def __init__(self, directory: Path, keep: int = 2, io: FileIO | None = None) -> None:
         self.dir = directory
         self.keep = keep
-        directory.mkdir(parents=True, exist_ok=True)
+        self.io = io or REAL
+        try:
+            self.io.makedirs(directory)
+        except OSError as e:
+            raise storage_error(e, directory, "creating") from e
 
     def _files(self) -> list[tuple[int, Path]]:
         out = []
-        for p in self.dir.iterdir():
-            m = _NAME.match(p.name)
+        for name in self.io.listdir(self.dir):
+            m = _NAME.match(name)
             if m:
-                out.append((int(m.group(2), 16), p))
-            elif p.name.endswith(".tmp"):
-                p.unlink()  # a save that crashed before its rename
+                out.append((int(m.group(2), 16), self.dir / name))
+            elif name.endswith(".tmp"):
+                self.io.unlink(self.dir / name)  # a save that crashed before its rename
         return sorted(out)
 
     def save(self, s: Snapshot) -> Path:
+        """Write atomically; on any error (DiskFull when out of space) no partial file is left
+        and the previous snapshots stay. Older snapshots beyond `keep` are removed after."""
         path = self.dir / f"{s.term:016x}-{s.index:016x}.snap"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(encode_snapshot(s))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-        fd = os.open(self.dir, os.O_RDONLY)
+        self.io.write_file_atomic(path, encode_snapshot(s), "writing snapshot")
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        for _, old in self._files()[: -self.keep]:
-            old.unlink()
+            for _, old in self._files()[: -self.keep]:
+                self.io.unlink(old)
+        except OSError as e:
+            raise storage_error(e, self.dir, "removing old snapshots in") from e
         return path
 
     def load(self) -> Snapshot | None:
         """The newest snapshot; a corrupted newest one is an error, not silently skipped."""
-        files = self._files()
-        if not files:
-            return None
-        path = files[-1][1]
-        return decode_snapshot(path.read_bytes(), str(path))
+        try:
+            files = self._files()
+            if not files:
+                return None
+            path = files[-1][1]
+            blob = self.io.read(path)
+        except OSError as e:
+            raise storage_error(e, self.dir, "reading snapshots in") from e
+        return decode_snapshot(blob, str(path))
