@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from node.api.compactor import MODES, Retention, RetentionError, parse_retention
 from node.api.server import ApiServer, PortInUse
 from node.kv import KVStateMachine
 from node.server.members import parse_initial_cluster
@@ -43,8 +44,38 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not start an early pre-vote when the leader's connection drops",
     )
+    p.add_argument(
+        "--auto-compaction-mode",
+        default="periodic",
+        help="etcd's: periodic (retention is a duration, or a number of hours) or revision (a count)",
+    )
+    p.add_argument(
+        "--auto-compaction-retention",
+        default="0",
+        help="how much history auto-compaction keeps: 1h, 30m, 90s, 5 (hours) or a revision count; 0 = off",
+    )
+    p.add_argument(
+        "--quota-backend-bytes",
+        default="0",
+        help="db size at which the NOSPACE alarm goes off (0 = etcd's default 2 GiB, negative = no quota)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def check_flags(args: argparse.Namespace) -> str | None:
+    """Turn the string flags into values (on args); returns one line saying what is wrong, if anything."""
+    if args.auto_compaction_mode not in MODES:
+        return f"--auto-compaction-mode must be periodic or revision, not {args.auto_compaction_mode!r}"
+    try:
+        args.compaction = parse_retention(args.auto_compaction_mode, args.auto_compaction_retention)
+    except RetentionError as e:
+        return str(e)
+    try:
+        args.quota = int(args.quota_backend_bytes)
+    except ValueError:
+        return f"--quota-backend-bytes must be a whole number of bytes, not {args.quota_backend_bytes!r}"
+    return None
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -79,7 +110,8 @@ async def serve(args: argparse.Namespace) -> int:
     )
     sm = KVStateMachine()
     node = RaftNode(cfg, sm)
-    api = ApiServer(node, sm, args.initial_cluster_token)
+    compaction: Retention = args.compaction
+    api = ApiServer(node, sm, args.initial_cluster_token, quota_backend_bytes=args.quota, compaction=compaction)
     try:
         await node.start()
         await api.start(args.listen_client)
@@ -117,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    bad = check_flags(args)
+    if bad is not None:
+        log.error("%s", bad)
+        return 2
     try:
         import uvloop
     except ImportError:

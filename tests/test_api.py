@@ -14,6 +14,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 
+from node.api.pb import rpc_pb2
 from node.client import ClientError
 from tests.procs import NodeProcs
 
@@ -163,3 +164,64 @@ async def test_pypi_etcd_client_aetcd_works_unchanged(node_cluster: Make) -> Non
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd="/")  # fmt: skip
     assert r.returncode == 0 and "aetcd-ok" in r.stdout, r.stderr[-3000:]
+
+
+async def test_large_range_replies_do_not_stall_the_node(node_cluster: Make) -> None:
+    """Big prefix reads are read and serialized in steps: small requests keep being answered.
+
+    Before, a 12 MB reply was built in one go on the event loop (which also sends heartbeats);
+    a few of them at once held it for most of a second."""
+    c = node_cluster(1)
+    c.start_all()
+    await c.wait_leader()
+    value = b"v" * 200
+    async with c.client_for(timeout=20.0) as cl:
+        for t in range(400):
+            ops = [
+                rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"big/%03d/%03d" % (t, i), value=value))
+                for i in range(128)
+            ]
+            await cl.txn(rpc_pb2.TxnRequest(success=ops))
+        env = {**os.environ, "ETCDCTL_API": "3"}
+        readers = [
+            subprocess.Popen(
+                [
+                    "etcdctl",
+                    "--endpoints",
+                    c.endpoint("n1"),
+                    "--command-timeout",
+                    "30s",
+                    "get",
+                    "big/",
+                    "--prefix",
+                    *(["--keys-only"] if i == 0 else []),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            for i in range(4)
+        ]
+        worst = 0.0
+        try:
+            end = time.monotonic() + 30
+            while any(p.poll() is None for p in readers) and time.monotonic() < end:
+                t0 = time.monotonic()
+                assert await cl.get_value("big/000/000", serializable=True) == value
+                worst = max(worst, time.monotonic() - t0)
+                await asyncio.sleep(0.005)
+        finally:
+            for p in readers:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+        assert all(p.returncode == 0 for p in readers), [p.stderr.read() for p in readers if p.stderr]
+        # the chunked reply is the whole, correct reply
+        resp = await cl.get("big/", prefix=True)
+        assert resp.count == 400 * 128 and len(resp.kvs) == 400 * 128 and resp.kvs[-1].key == b"big/399/127"
+        status = await cl.admin_status(c.endpoint("n1"))
+    stall = status.get("loop_stall_max_ms")
+    print(f"worst small-read latency during large replies: {worst * 1000:.0f} ms; loop stall max {stall} ms")
+    assert worst < 0.25, f"a small read waited {worst * 1000:.0f} ms behind large replies"
+    if "loop_stall_max_ms" in status:
+        assert status["loop_stall_max_ms"] < 250, status

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -164,6 +167,39 @@ async def test_proposals_fail_fast_without_leader(node_cluster: Make) -> None:
             await c.put("x", "y")
         assert "no leader" in str(ei.value)
         assert time.monotonic() - t0 < 1.0
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+async def test_a_wal_write_that_fails_ends_the_process_with_the_traceback(node_cluster: Make) -> None:
+    """etcd panics when its WAL cannot be written; a member whose Raft loop died must not linger.
+
+    The trigger is real and external: the live WAL segment is made immutable (chattr +i, root
+    on ext4/xfs), so the next append fails with EPERM inside the Ready loop."""
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr to make the WAL segment immutable")
+    cl = node_cluster(1)
+    cl.start_all()
+    await cl.wait_leader()
+    async with cl.client_for() as c:
+        await c.put("before", "ok")
+    seg = sorted((cl.base / "n1" / "wal").glob("*.wal"))[-1]
+    if not _chattr("+i", seg):
+        pytest.skip(f"this filesystem does not support chattr +i ({seg})")
+    try:
+        async with cl.client_for(timeout=2) as c:
+            with pytest.raises(ClientError):
+                await c.put("after", "lost")
+        p = cl.procs["n1"]
+        code = await asyncio.to_thread(p.wait, 10)
+    finally:
+        _chattr("-i", seg)
+    log = cl.log("n1")
+    assert code == 70, log[-2000:]
+    assert "CRITICAL" in log and "Traceback (most recent call last)" in log, log[-2000:]
+    assert "Operation not permitted" in log and "stopping this member" in log
 
 
 def test_cli_rejects_bad_flags() -> None:

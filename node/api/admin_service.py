@@ -6,7 +6,7 @@ import json
 
 import grpc
 
-from node.api.pb import admin_pb2, admin_pb2_grpc
+from node.api.pb import admin_pb2, admin_pb2_grpc, rpc_pb2
 from node.faults import FaultRuleError, Rule, make_rule
 from node.kv import KVError
 
@@ -42,8 +42,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         st = self.ctx.node.status_dict()
         st["revision"] = self.ctx.sm.store.revision
         st["compact_revision"] = self.ctx.sm.store.compact_revision
-        st["keys"] = len(self.ctx.sm.store.keys)
+        st["keys"] = len(self.ctx.sm.store.keys)  # O(1): a SortedDict knows its length
         st["leases"] = len(self.ctx.sm.leases)
+        st["alarms"] = sorted({rpc_pb2.AlarmType.Name(a) for _, a in self.ctx.sm.alarms})  # type: ignore[arg-type]
+        st["db_size"] = self.ctx.sm.db_size()
+        st["quota_backend_bytes"] = self.ctx.space.quota
         st["client_url"] = self.ctx.node.cfg.client_url()
         st["peer_url"] = self.ctx.node.cfg.peer_url()
         return admin_pb2.StatusReply(json=json.dumps(st))

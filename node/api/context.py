@@ -14,6 +14,7 @@ from node.kv.apply import KVStateMachine
 from node.server.raftnode import ERR_NO_LEADER, NodeError, RaftNode
 
 from .lessor import Lessor
+from .quota import SpaceGuard
 
 MAX_REQUEST_BYTES = int(1.5 * 1024 * 1024)
 GRPC_RECV_LIMIT = MAX_REQUEST_BYTES + 512 * 1024
@@ -25,10 +26,11 @@ T = TypeVar("T")
 
 
 class Ctx:
-    def __init__(self, node: RaftNode, sm: KVStateMachine, lessor: Lessor) -> None:
+    def __init__(self, node: RaftNode, sm: KVStateMachine, lessor: Lessor, space: SpaceGuard) -> None:
         self.node = node
         self.sm = sm
         self.lessor = lessor
+        self.space = space
 
     def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
         return rpc_pb2.ResponseHeader(

@@ -1,6 +1,14 @@
-"""etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact."""
+"""etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact.
+
+Range and read-only Txn replies are read in chunks and serialized piece by piece
+(node/kv/reads.py), then handed to gRPC as wire bytes, so a large reply never holds
+the event loop (which also carries the Raft heartbeats) for more than a few ms.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import grpc
 
@@ -16,8 +24,59 @@ from node.kv.apply import (
     validate_range,
     validate_txn,
 )
+from node.kv.reads import read_range, read_txn
 
 from .context import Ctx, grpc_errors, raise_if_error
+
+JOIN_OFF_LOOP = 1 << 20  # replies larger than this are joined on a worker thread
+
+
+def _passthrough(serialize: Any) -> Any:
+    """A response serializer that sends wire bytes as they are and serializes messages."""
+
+    def ser(resp: Any) -> bytes:
+        return resp if isinstance(resp, bytes) else serialize(resp)
+
+    return ser
+
+
+def add_kv_service(servicer: KVService, server: grpc.aio.Server) -> None:
+    """rpc_pb2_grpc.add_KVServicer_to_server, except that Range and Txn may answer with bytes."""
+    handlers = {
+        "Range": grpc.unary_unary_rpc_method_handler(
+            servicer.Range,
+            request_deserializer=rpc_pb2.RangeRequest.FromString,
+            response_serializer=_passthrough(rpc_pb2.RangeResponse.SerializeToString),
+        ),
+        "Put": grpc.unary_unary_rpc_method_handler(
+            servicer.Put,
+            request_deserializer=rpc_pb2.PutRequest.FromString,
+            response_serializer=rpc_pb2.PutResponse.SerializeToString,
+        ),
+        "DeleteRange": grpc.unary_unary_rpc_method_handler(
+            servicer.DeleteRange,
+            request_deserializer=rpc_pb2.DeleteRangeRequest.FromString,
+            response_serializer=rpc_pb2.DeleteRangeResponse.SerializeToString,
+        ),
+        "Txn": grpc.unary_unary_rpc_method_handler(
+            servicer.Txn,
+            request_deserializer=rpc_pb2.TxnRequest.FromString,
+            response_serializer=_passthrough(rpc_pb2.TxnResponse.SerializeToString),
+        ),
+        "Compact": grpc.unary_unary_rpc_method_handler(
+            servicer.Compact,
+            request_deserializer=rpc_pb2.CompactionRequest.FromString,
+            response_serializer=rpc_pb2.CompactionResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("etcdserverpb.KV", handlers),))
+    server.add_registered_method_handlers("etcdserverpb.KV", handlers)
+
+
+async def _join(parts: list[bytes]) -> bytes:
+    if sum(len(p) for p in parts) > JOIN_OFF_LOOP:
+        return await asyncio.to_thread(b"".join, parts)
+    return b"".join(parts)
 
 
 def _all_serializable(t: rpc_pb2.TxnRequest) -> bool:
@@ -36,17 +95,19 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.ctx = ctx
 
     @grpc_errors
-    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
+    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> bytes:
         self.ctx.check_size(request)
         validate_range(request)
         if not request.serializable:
             await self.ctx.node.read_barrier()
-        return self.ctx.fill(self.ctx.sm.range(request))
+        out = await read_range(self.ctx.sm, request)
+        return await _join(out.parts(self.ctx.header(out.revision)))
 
     @grpc_errors
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
         self.ctx.check_size(request)
         validate_put(request)
+        self.ctx.space.check(request)
         res = raise_if_error(await self.ctx.node.propose(encode(OP_PUT, request)))
         return self.ctx.fill(res)
 
@@ -60,14 +121,16 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return self.ctx.fill(res)
 
     @grpc_errors
-    async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.TxnResponse:
+    async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.TxnResponse | bytes:
         self.ctx.check_size(request)
         validate_txn(request)
         sm = self.ctx.sm
         if sm.txn_is_read_only(request):
             if not _all_serializable(request):
                 await self.ctx.node.read_barrier()
-            return self._fill_txn(sm.read_txn(request))
+            out = await read_txn(sm, request)
+            return await _join(out.parts(self.ctx.header(out.revision)))
+        self.ctx.space.check(request)
         res = raise_if_error(await self.ctx.node.propose(encode(OP_TXN, request)))
         return self._fill_txn(res)
 

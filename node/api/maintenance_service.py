@@ -43,6 +43,8 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         )
         if not node.has_leader():
             resp.errors.append(ERR_NO_LEADER)
+        for m, a in sm.alarms:  # as etcd: each active alarm, in the protobuf text form of AlarmMember
+            resp.errors.append(f"memberID:{m} alarm:{rpc_pb2.AlarmType.Name(a)} ")  # type: ignore[arg-type]
         return resp
 
     @grpc_errors
@@ -60,7 +62,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
     @grpc_errors
     async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
-        h = zlib.crc32(self.ctx.sm.snapshot()) & 0xFFFFFFFF
+        h = zlib.crc32(await self.ctx.sm.snapshot_async()) & 0xFFFFFFFF
         return rpc_pb2.HashResponse(header=self.ctx.header(), hash=h)
 
     @grpc_errors

@@ -11,11 +11,13 @@ from node.server.transport import parse_hostport
 
 from .admin_service import AdminService
 from .cluster_service import ClusterService
+from .compactor import Compactor, Retention
 from .context import GRPC_RECV_LIMIT, Ctx
-from .kv_service import KVService
+from .kv_service import KVService, add_kv_service
 from .lease_service import LeaseService
 from .lessor import Lessor
 from .maintenance_service import MaintenanceService
+from .quota import SpaceGuard
 from .watch_service import WatchService
 
 # etcd clients ping idle streams every 10 s or so: accept that instead of answering GOAWAY too_many_pings
@@ -36,14 +38,22 @@ class PortInUse(Exception):
 
 
 class ApiServer:
-    def __init__(self, node: RaftNode, sm: KVStateMachine, token: str) -> None:
+    def __init__(
+        self,
+        node: RaftNode,
+        sm: KVStateMachine,
+        token: str,
+        quota_backend_bytes: int = 0,
+        compaction: Retention | None = None,
+    ) -> None:
         self.node = node
         self.sm = sm
         self.lessor = Lessor(node, sm)
-        self.ctx = Ctx(node, sm, self.lessor)
+        self.ctx = Ctx(node, sm, self.lessor, SpaceGuard(node, sm, quota_backend_bytes))
+        self.compactor = Compactor(node, sm, compaction or Retention("periodic"))
         self.hub = WatchHub(sm.store)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        rpc_pb2_grpc.add_KVServicer_to_server(KVService(self.ctx), self.server)
+        add_kv_service(KVService(self.ctx), self.server)
         rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(self.ctx, self.hub), self.server)
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self.ctx), self.server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.ctx, token), self.server)
@@ -60,7 +70,9 @@ class ApiServer:
             raise PortInUse(f"cannot listen for clients on {host}:{port}: address already in use")
         await self.server.start()
         self.lessor.start()
+        self.compactor.start()
 
     async def stop(self, grace: float = 1.0) -> None:
         await self.lessor.stop()
+        await self.compactor.stop()
         await self.server.stop(grace)

@@ -4,12 +4,16 @@ Every node applies every entry in log order, so this code must be
 deterministic: no clocks, no randomness. Lease *expiry* is decided by the
 leader elsewhere (node/api/lessor.py) and arrives here as a LeaseRevoke entry.
 Requests are validated (validate_*) before they are proposed, so an entry
-either applies fully or fails as a whole with an etcd error.
+either applies fully or fails as a whole with an etcd error. While a NOSPACE
+alarm is active, puts, txns with puts and lease grants fail at apply (etcd's
+capped applier), so every member refuses the same entries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +22,10 @@ import msgpack
 from node.api.pb import kv_pb2, rpc_pb2
 
 from .mvcc import ERR_COMPACTED, KV, KVError, MVCCStore, WriteTxn, in_range
+from .quota import ERR_NO_SPACE, cost_txn
 
 MAX_TXN_OPS = 128
+STEP_BUDGET_S = 0.002  # the most a snapshot walk or compaction step holds the event loop
 MAX_LEASE_TTL = 9_000_000_000
 
 OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_LEASE_GRANT, OP_LEASE_REVOKE, OP_ALARM = range(1, 8)
@@ -133,6 +139,8 @@ class KVStateMachine:
         self.consistent_index = 0
         self.on_lease_granted: list[Any] = []
         self.on_lease_revoked: list[Any] = []
+        self.on_alarm: list[Any] = []  # called with the AlarmRequest after an alarm change is applied
+        self._trimmer: asyncio.Task[None] | None = None
 
     # -- StateMachine protocol ------------------------------------------------------
     def apply(self, index: int, payload: bytes) -> Any:
@@ -140,14 +148,19 @@ class KVStateMachine:
         op, body = msgpack.unpackb(payload)
         try:
             if op == OP_PUT:
+                self._check_space()
                 return self._put(rpc_pb2.PutRequest.FromString(body))
             if op == OP_DELETE:
                 return self._delete(rpc_pb2.DeleteRangeRequest.FromString(body))
             if op == OP_TXN:
-                return self._txn(rpc_pb2.TxnRequest.FromString(body))
+                t = rpc_pb2.TxnRequest.FromString(body)
+                if cost_txn(t) > 0:
+                    self._check_space()
+                return self._txn(t)
             if op == OP_COMPACT:
                 return self._compact(rpc_pb2.CompactionRequest.FromString(body))
             if op == OP_LEASE_GRANT:
+                self._check_space()
                 return self._lease_grant(rpc_pb2.LeaseGrantRequest.FromString(body))
             if op == OP_LEASE_REVOKE:
                 return self._lease_revoke(rpc_pb2.LeaseRevokeRequest.FromString(body))
@@ -157,13 +170,67 @@ class KVStateMachine:
             return e  # the proposer raises it; other nodes applied nothing
         raise ValueError(f"unknown operation {op}")
 
+    def nospace(self) -> bool:
+        """A NOSPACE alarm is active (for any member): the cluster takes no more puts."""
+        return any(a == rpc_pb2.NOSPACE for _, a in self.alarms)
+
+    def _check_space(self) -> None:
+        if self.nospace():
+            raise KVError(ERR_NO_SPACE, "RESOURCE_EXHAUSTED")
+
+    # -- snapshots -------------------------------------------------------------------
+    @staticmethod
+    def _parts(
+        store: list[bytes], leases: list[tuple[int, int]], alarms: list[tuple[int, int]], ci: int
+    ) -> list[bytes]:
+        """The snapshot format: a map {v: 2, store, leases, alarms, ci}, as pieces to join."""
+        p = msgpack.Packer()
+        head = p.pack_map_header(5) + p.pack("v") + p.pack(2) + p.pack("store")
+        tail = p.pack("leases") + p.pack(leases) + p.pack("alarms") + p.pack(alarms) + p.pack("ci") + p.pack(ci)
+        return [head, *store, tail]
+
     def snapshot(self) -> bytes:
-        leases = [[lease.id, lease.ttl] for lease in self.leases.values()]
-        alarms = [list(a) for a in self.alarms]
-        return msgpack.packb([self.store.dump(), leases, alarms, self.consistent_index])
+        """The state now, in one go (blocks the loop for large stores: prefer snapshot_async)."""
+        leases = [(lease.id, lease.ttl) for lease in self.leases.values()]
+        walk = self.store.walk()
+        try:
+            while not walk.step(float("inf")):
+                pass
+        finally:
+            walk.close()
+        return b"".join(self._parts(walk.parts(), leases, list(self.alarms), self.consistent_index))
+
+    def snapshot_async(self) -> Coroutine[Any, Any, bytes]:
+        """The state as of the call, although apply() keeps running while the result is awaited.
+
+        Everything is fixed when this is called (not when the coroutine first runs): the store
+        is then walked in steps of a couple of milliseconds at the revision of the call (see
+        StoreWalk), yielding to the loop between them; leases, alarms and the consistent index
+        are copied at the call. Raises StoreReplaced if a snapshot is restored meanwhile.
+        """
+        walk = self.store.walk()
+        leases = [(lease.id, lease.ttl) for lease in self.leases.values()]
+        alarms = list(self.alarms)
+        ci = self.consistent_index
+
+        async def finish() -> bytes:
+            try:
+                while not walk.step(STEP_BUDGET_S):
+                    await asyncio.sleep(0)
+            finally:
+                walk.close()
+            parts = self._parts(walk.parts(), leases, alarms, ci)
+            return await asyncio.to_thread(b"".join, parts)  # only bytes cross to the thread
+
+        return finish()
 
     def restore(self, data: bytes) -> None:
-        store, leases, alarms, ci = msgpack.unpackb(data)
+        """Read snapshot() / snapshot_async() output, or the older list format."""
+        blob = msgpack.unpackb(data)
+        if isinstance(blob, dict):
+            store, leases, alarms, ci = blob["store"], blob["leases"], blob["alarms"], blob["ci"]
+        else:
+            store, leases, alarms, ci = blob
         self.store.load(store)  # in place: watchers stay attached to the same store
         self.leases = {int(i): LeaseState(int(i), int(t)) for i, t in leases}
         for k, v in self.store.keys.items():
@@ -338,9 +405,26 @@ class KVStateMachine:
 
     def _compact(self, r: rpc_pb2.CompactionRequest) -> rpc_pb2.CompactionResponse:
         self.store.compact(r.revision)
+        self._schedule_trim()
         resp = rpc_pb2.CompactionResponse()
         resp.header.revision = self.store.revision
         return resp
+
+    def _schedule_trim(self) -> None:
+        """Drop compacted versions: in small steps on a running loop, at once without one."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.store.trim_all()
+            return
+        if self._trimmer is None or self._trimmer.done():
+            self._trimmer = loop.create_task(self._trim_loop(), name="kv-compactor")
+
+    async def _trim_loop(self) -> None:
+        s = self.store
+        while s.trim_step(STEP_BUDGET_S):
+            # a walk in progress holds older versions: wait for it rather than spin
+            await asyncio.sleep(0 if s.trimming() else 0.05)
 
     # -- leases ------------------------------------------------------------------------
     def _lease_grant(self, r: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
@@ -370,16 +454,29 @@ class KVStateMachine:
 
     # -- alarms ------------------------------------------------------------------------
     def _alarm(self, r: rpc_pb2.AlarmRequest) -> rpc_pb2.AlarmResponse:
+        """etcd's semantics: the reply lists the alarm activated (or already active) or the one
+        deactivated; deactivating with alarm NONE (ours, not etcd's) clears every alarm of
+        memberID (0: of every member)."""
         key = (r.memberID, int(r.alarm))
+        resp = rpc_pb2.AlarmResponse()
+        changed: list[tuple[int, int]] = []
         if r.action == rpc_pb2.AlarmRequest.ACTIVATE and r.alarm != rpc_pb2.NONE:
-            self.alarms[key] = None
+            if key not in self.alarms:
+                self.alarms[key] = None
+            changed = [key]
         elif r.action == rpc_pb2.AlarmRequest.DEACTIVATE:
             if r.alarm == rpc_pb2.NONE:
-                for k in [k for k in self.alarms if k[0] == r.memberID or r.memberID == 0]:
-                    del self.alarms[k]
-            else:
-                self.alarms.pop(key, None)
-        return self.alarm_list()
+                changed = [k for k in self.alarms if k[0] == r.memberID or r.memberID == 0]
+            elif key in self.alarms:
+                changed = [key]
+            for k in changed:
+                del self.alarms[k]
+        for m, a in changed:
+            resp.alarms.add(memberID=m, alarm=a)  # type: ignore[arg-type]
+        resp.header.revision = self.store.revision
+        for cb in self.on_alarm:
+            cb(r)
+        return resp
 
     def alarm_list(self) -> rpc_pb2.AlarmResponse:
         resp = rpc_pb2.AlarmResponse()
@@ -395,17 +492,17 @@ class KVStateMachine:
             raise KVError(ERR_COMPACTED, "OUT_OF_RANGE")
         self.store.check_rev(rev)
         h = 0
+        crev = self.store.compact_revision
         for k, v in self.store.keys.items():
-            for m, kv in zip(v.mods, v.vals, strict=True):
+            # versions compacted but not trimmed yet do not count (trimming is local timing)
+            j = v.keep_from(crev)
+            for m, kv in zip(v.mods[j:], v.vals[j:], strict=True):
                 if m > rev:
                     break
                 h = zlib.crc32(k + m.to_bytes(8, "big") + (kv.value if kv is not None else b"\xff"), h)
-        return h & 0xFFFFFFFF, self.store.compact_revision, rev
+        return h & 0xFFFFFFFF, crev, rev
 
     def db_size(self) -> int:
-        """An estimate of the bytes held, standing in for bbolt's file size."""
-        n = 4096
-        for k, v in self.store.keys.items():
-            for kv in v.vals:
-                n += len(k) + 48 + (len(kv.value) if kv is not None else 0)
-        return n
+        """An estimate of the bytes held, standing in for bbolt's file size; O(1), kept up to
+        date by every write and compaction step."""
+        return self.store.size

@@ -197,17 +197,21 @@ class Raft:
     def report_snapshot(self, node: int, ok: bool) -> None:
         self.step(Message(MsgType.SNAP_STATUS, frm=node, reject=not ok))
 
-    def compact(self, index: int, data: bytes, keep_entries: int = 0) -> None:
+    def compact(self, index: int, data: bytes, keep_entries: int = 0, conf: ConfState | None = None) -> None:
         """The application made a snapshot of its state at applied index `index`.
 
-        It must be the current applied index: the membership recorded in the
-        snapshot is the one in force after applying exactly that entry."""
-        if index != self.log.applied:
+        Without `conf` it must be the current applied index: the membership
+        recorded in the snapshot is the one in force after applying exactly that
+        entry. A snapshot built in the background for an earlier applied index
+        passes the ConfState it recorded at that index."""
+        if conf is None and index != self.log.applied:
             raise ValueError(f"snapshot index {index} != applied index {self.log.applied}")
+        if index > self.log.applied:
+            raise ValueError(f"snapshot index {index} is beyond the applied index {self.log.applied}")
         t = self.log.term(index)
         if t is None:
             return
-        snap = Snapshot(index, t, self.conf_state(), data)
+        snap = Snapshot(index, t, conf if conf is not None else self.conf_state(), data)
         self.log.compact(snap, keep_entries)
 
     def conf_state(self) -> ConfState:

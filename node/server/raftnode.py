@@ -9,6 +9,15 @@ group-committed in the next batch.
 Ordering per batch: leader's outgoing appends are sent while it persists (the
 thesis §10.2.1 allows it; the leader counts itself only after its own fsync),
 everything else — votes, append replies — only after the batch is durable.
+
+Snapshots are built by one background task (the state machine packs its state
+off the loop) and installed back through the inbox, so neither the Ready loop
+nor the event loop that sends heartbeats waits for them.
+
+Failures are loud: a full disk releases a reserve file, raises the disk-full
+hooks (the NOSPACE alarm) and retries once; any other exception escaping the
+Ready loop is a bug or a broken disk, and like etcd's panic it ends the
+process with the traceback in the log (see `_fatal`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import itertools
 import logging
 import os
 import random
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,8 +57,9 @@ from node.raft import (
     Snapshot,
     Status,
 )
-from node.storage import DiskStorage, Meta
+from node.storage import DiskFull, DiskStorage, Meta, StorageError
 
+from .loopmon import LoopMonitor
 from .members import Member, cluster_id, member_id, normalize_url
 from .transport import Transport
 
@@ -61,6 +73,11 @@ K_ATTRS = 2  # a member publishes its name and client URLs
 K_PEER_URLS = 3  # MemberUpdate: a member's new peer URLs
 
 MAX_APPLY_LAG = 5000  # etcd: "too many requests" beyond this commit-apply gap
+# The most the Raft loop holds the event loop applying entries or handling Ready batches
+# before it lets heartbeats, peer messages and replies through (a backlog of big txns
+# would otherwise hold it for as long as the whole backlog takes).
+APPLY_BUDGET_S = 0.01
+EXIT_FATAL = 70  # EX_SOFTWARE: the Ready loop hit a bug or an unrecoverable storage error
 
 
 class NodeError(Exception):
@@ -81,7 +98,31 @@ ERR_LEADER_CHANGED = "etcdserver: leader changed"
 class StateMachine(Protocol):
     def apply(self, index: int, payload: bytes) -> Any: ...
     def snapshot(self) -> bytes: ...
+    async def snapshot_async(self) -> bytes:
+        """The state as of the call, built without holding the event loop for more than a few ms."""
+        ...
+
     def restore(self, data: bytes) -> None: ...
+
+
+class NodeStorage(Protocol):
+    """What the driver needs from a data dir (node.storage.DiskStorage; tests record calls)."""
+
+    def persist(self, rd: Ready) -> None: ...
+    def save_snapshot(self, snap: Snapshot, release_before: int) -> None: ...
+    def reserve_space(self, nbytes: int) -> bool: ...
+    def release_reserve(self) -> int: ...
+    def write_meta(self, meta: Meta) -> None: ...
+    def close(self) -> None: ...
+
+
+def exit_process(code: int = EXIT_FATAL) -> None:
+    """Leave now, as a Go panic does: flush the log first, run no more Python code."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @dataclass
@@ -99,6 +140,7 @@ class NodeConfig:
     election_ms: int = 1000
     snapshot_count: int = 10_000
     snapshot_catchup_entries: int = 5_000
+    reserve_bytes: int = 8 << 20  # ballast file freed when the disk fills, so the alarm can be recorded
     enable_fault_injection: bool = False
     request_timeout: float = 5.0
     pre_vote: bool = True
@@ -119,7 +161,7 @@ class RaftNode:
         self.sm = sm
         self.faults = FaultTable(cfg.seed) if cfg.enable_fault_injection else None
         self.members: dict[int, Member] = {}
-        self.storage: DiskStorage | None = None
+        self.storage: NodeStorage | None = None
         self.raft: Raft | None = None
         self.transport: Transport | None = None
         self.member_id = 0
@@ -146,6 +188,14 @@ class RaftNode:
         self.on_apply_hooks: list[Callable[[int], None]] = []
         self.published = False
         self.last_snapshot_index = 0
+        self.disk_full = False
+        self.on_disk_full: list[Callable[[], None]] = []
+        self.on_fatal: Callable[[BaseException], None] = lambda _e: exit_process()
+        self.fatal_error: BaseException | None = None
+        self.loopmon = LoopMonitor(cfg.heartbeat_ms / 2000, name=cfg.name)
+        self._snap_task: asyncio.Task[None] | None = None
+        self._restores = 0  # snapshots from the leader installed so far
+        self._snap_file_lock = threading.Lock()  # one writer in snap/ at a time (tmp files)
 
     # ------------------------------------------------------------------
     # start / stop
@@ -155,7 +205,14 @@ class RaftNode:
         storage, rec = await asyncio.to_thread(DiskStorage.open, cfg.data_dir)
         self.storage = storage
         for t in rec.truncated:
-            log.warning("WAL: cut a torn tail at %s (an unsynced write from a crash)", t)
+            log.warning("WAL repaired at start: %s (an unsynced write from a crash)", t)
+        if cfg.reserve_bytes > 0 and not await asyncio.to_thread(storage.reserve_space, cfg.reserve_bytes):
+            log.warning(
+                "no room for the %d-byte disk reserve in %s: if the disk fills up this member cannot record "
+                "the NOSPACE alarm and will stop",
+                cfg.reserve_bytes,
+                cfg.data_dir,
+            )
         fresh = rec.meta is None
         if fresh:
             meta = await self._new_identity()
@@ -198,6 +255,7 @@ class RaftNode:
                     self.members.setdefault(mid, Member(mid, name, [url]))
         self.applied = self.raft.log.applied
         self.last_snapshot_index = self.raft.log.snapshot.index
+        self.loopmon.start()
         # Like etcd, fast-forward the election clock at start: T-1 of the randomized [T, 2T)
         # ticks, so a booting cluster elects within 1..T ticks (still spread out at random)
         # instead of idling a whole timeout. Pre-vote keeps a restarted member harmless.
@@ -283,11 +341,13 @@ class RaftNode:
             await self._transfer_before_stop()
         self._stopping = True
         self._wake.set()
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._snap_task] if self._snap_task is not None else [])]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        self.loopmon.stop()
         if self.transport is not None:
             await self.transport.close()
         if self.storage is not None:
@@ -337,10 +397,21 @@ class RaftNode:
         self.raft.tick()
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every other failure is fatal, see _fatal
+            self._fatal("the Raft loop failed", e)
+
+    async def _loop(self) -> None:
         r = self.raft
         assert r is not None and self.storage is not None and self.transport is not None
+        busy_since = time.perf_counter()
         while not self._stopping:
-            await self._wake.wait()
+            if not self._inbox and not r.has_ready():
+                await self._wake.wait()
+                busy_since = time.perf_counter()
             self._wake.clear()
             while self._inbox:
                 item = self._inbox.popleft()
@@ -349,11 +420,38 @@ class RaftNode:
                         r.step(item)
                     else:
                         item()
-                except Exception:
-                    log.exception("raft step failed")
-            while r.has_ready() and not self._stopping:
-                rd = r.ready()
-                await self._handle_ready(rd)
+                except ProposalDropped as e:
+                    # expected (node/raft documents it): a proposal or read the leader cannot take now
+                    log.debug("dropped: %s", e)
+            # one Ready per turn, then the inbox again: ticks and peer messages are never
+            # stuck behind a backlog of entries to apply
+            if r.has_ready() and not self._stopping:
+                await self._handle_ready(r.ready())
+                if time.perf_counter() - busy_since > APPLY_BUDGET_S:
+                    await asyncio.sleep(0)  # let the rest of the event loop run
+                    busy_since = time.perf_counter()
+
+    def _fatal(self, what: str, exc: BaseException) -> None:
+        """Like etcd's panic: the traceback goes to the log at CRITICAL and the process ends.
+
+        Carrying on would leave a member that answers status calls and serializable reads
+        while its Raft loop is dead (issue #9): worse than a crash the orchestrator can see.
+        """
+        if self.fatal_error is not None:
+            return
+        self.fatal_error = exc
+        log.critical(
+            "%s: %s: %s; stopping this member (exit code %d)",
+            self.cfg.name,
+            what,
+            exc,
+            EXIT_FATAL,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        self._stopping = True
+        self._wake.set()
+        self._fail_all(ERR_STOPPED)
+        self.on_fatal(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
         r = self.raft
@@ -370,16 +468,19 @@ class RaftNode:
         if early:
             self.transport.send(early)
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
-            if rd.must_sync:
-                await asyncio.to_thread(self.storage.persist, rd)
-            else:
-                self.storage.persist(rd)  # a commit-index-only update: no fsync needed
+            await self._persist(rd)
         if late:
             self.transport.send(late)
         if rd.snapshot is not None:
             self._restore_snapshot(rd.snapshot)
-        for e in rd.committed_entries:
-            self._apply_entry(e)
+        ents = rd.committed_entries
+        if ents:
+            until = time.perf_counter() + APPLY_BUDGET_S
+            for n, e in enumerate(ents, 1):
+                self._apply_entry(e)
+                if n < len(ents) and time.perf_counter() > until:
+                    rd.committed_entries = ents[:n]  # advance() marks these; the rest come in the next Ready
+                    break
         for rs in rd.read_states:
             fut = self._reads.pop(rs.context, None)
             if fut is not None and not fut.done():
@@ -390,7 +491,68 @@ class RaftNode:
             self._wake_applied()
             for hook in self.on_apply_hooks:
                 hook(self.applied)
-            await self._maybe_snapshot()
+            self._maybe_start_snapshot()
+
+    async def _persist(self, rd: Ready) -> None:
+        """Make the batch durable; a full disk frees the reserve and retries once, then it is fatal."""
+        storage = self.storage
+        assert storage is not None
+        try:
+            await self._persist_once(storage, rd)
+        except DiskFull as e:
+            freed = await asyncio.to_thread(storage.release_reserve)
+            log.error(
+                "%s: disk full while persisting the log (%s); released the %d-byte reserve, raising NOSPACE "
+                "and retrying",
+                self.cfg.name,
+                e,
+                freed,
+            )
+            self._set_disk_full()
+            await asyncio.to_thread(self._persist_locked, storage, rd)  # a second failure escapes: fatal
+
+    async def _persist_once(self, storage: NodeStorage, rd: Ready) -> None:
+        if rd.must_sync or rd.snapshot is not None:
+            await asyncio.to_thread(self._persist_locked, storage, rd)
+        else:
+            storage.persist(rd)  # a commit-index-only update: no fsync needed
+
+    def _persist_locked(self, storage: NodeStorage, rd: Ready) -> None:
+        if rd.snapshot is None:
+            storage.persist(rd)
+            return
+        with self._snap_file_lock:  # a received snapshot is written into snap/ like ours
+            storage.persist(rd)
+
+    def _set_disk_full(self) -> None:
+        if self.disk_full:
+            return
+        self.disk_full = True
+        for hook in self.on_disk_full:
+            try:
+                hook()
+            except Exception:  # a failing hook must not hide the disk-full state
+                log.exception("a disk-full hook failed")
+
+    async def try_clear_disk_full(self) -> bool:
+        """After space was freed (alarm disarm): re-create the reserve; only then is the disk usable.
+
+        The reserve is written and fsync'd on a worker thread: megabytes of I/O never run on the loop."""
+        if self.storage is None:
+            return False
+        if self.cfg.reserve_bytes > 0:
+            try:
+                ok = await asyncio.to_thread(self.storage.reserve_space, self.cfg.reserve_bytes)
+            except StorageError as e:
+                log.error("%s: cannot re-create the disk reserve: %s", self.cfg.name, e)
+                ok = False
+            if not ok:
+                log.warning("%s: still no room for the %d-byte disk reserve", self.cfg.name, self.cfg.reserve_bytes)
+                return False
+        if self.disk_full:
+            log.info("%s: disk space available again; reserve re-created", self.cfg.name)
+        self.disk_full = False
+        return True
 
     def _on_soft_state(self, lead: int, role: Role) -> None:
         assert self.raft is not None
@@ -502,32 +664,101 @@ class RaftNode:
         }
         self.transport.set_peers(peers)
 
-    def _snapshot_blob(self) -> bytes:
-        members = [m.to_wire() for m in self.members.values()]
-        return msgpack.packb({"members": members, "app": self.sm.snapshot()})
-
     def _restore_snapshot(self, snap: Snapshot) -> None:
         if not snap.data:
             return
         blob = msgpack.unpackb(snap.data)
         self.members = {int(v[0]): Member.from_wire(v) for v in blob["members"]}
+        self._restores += 1
         self.sm.restore(blob["app"])
         self.applied = snap.index
+        self.last_snapshot_index = max(self.last_snapshot_index, snap.index)
         self.published = self.published or (
             self.member_id in self.members and self.cfg.client_url() in self.members[self.member_id].client_urls
         )
         self._sync_peers()
 
-    async def _maybe_snapshot(self) -> None:
-        r = self.raft
-        assert r is not None and self.storage is not None
-        if r.log.applied - self.last_snapshot_index < self.cfg.snapshot_count:
+    def _maybe_start_snapshot(self) -> None:
+        """Start the (single) background snapshot once snapshot_count entries were applied since the last."""
+        if self._snap_task is not None or self._stopping:
             return
-        r.compact(r.log.applied, self._snapshot_blob(), keep_entries=self.cfg.snapshot_catchup_entries)
-        snap = r.log.snapshot
-        self.last_snapshot_index = snap.index
-        await asyncio.to_thread(self.storage.save_snapshot, snap, r.log.offset + 1)
-        log.info("snapshot at index %d (%d bytes); log compacted to %d", snap.index, len(snap.data), r.log.offset)
+        if self.applied - self.last_snapshot_index < self.cfg.snapshot_count:
+            return
+        self._snap_task = asyncio.get_running_loop().create_task(self._snapshot(), name="raft-snapshot")
+
+    async def _snapshot(self) -> None:
+        restores = self._restores
+        try:
+            await self._build_snapshot()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - etcd panics when a snapshot cannot be saved
+            if self._restores != restores:
+                # the leader's snapshot replaced the state we were packing (the state machine
+                # says so by raising): that newer snapshot is already on disk
+                log.info("%s: background snapshot abandoned: %s", self.cfg.name, e)
+                return
+            self._fatal("making a snapshot failed", e)
+        finally:
+            self._snap_task = None
+
+    async def _build_snapshot(self) -> None:
+        r = self._raft()
+        storage = self.storage
+        assert storage is not None
+        t0 = time.monotonic()
+        # This first step runs between Ready batches, where applied, the membership and
+        # raft's ConfState always agree (apply and advance() happen with no await between).
+        index = r.log.applied
+        if index != self.applied:
+            return  # cannot happen (see above); try again after the next apply
+        conf = r.conf_state()
+        members = [m.to_wire() for m in self.members.values()]
+        app = await self.sm.snapshot_async()  # the state as of this call, built off the loop
+        data = await asyncio.to_thread(_pack_envelope, members, app)
+        loop = asyncio.get_running_loop()
+        installed: asyncio.Future[tuple[Snapshot, int] | None] = loop.create_future()
+
+        def install() -> None:
+            # in the Raft loop: compacting the in-memory log is cheap; the file is written below
+            if installed.done():
+                return  # the node is stopping and the task was cancelled
+            r.compact(index, data, keep_entries=self.cfg.snapshot_catchup_entries, conf=conf)
+            snap = r.log.snapshot
+            if snap.index != index:
+                installed.set_result(None)  # superseded by a newer snapshot from the leader
+                return
+            self.last_snapshot_index = index
+            installed.set_result((snap, r.log.offset + 1))
+
+        self._post(install)
+        res = await installed
+        if res is None:
+            return
+        snap, release_before = res
+        try:
+            await asyncio.to_thread(self._save_snapshot_locked, storage, snap, release_before)
+        except DiskFull as e:
+            log.error(
+                "%s: disk full while saving the snapshot at index %d (%s); raising NOSPACE, serving on "
+                "without it (the WAL still holds every entry)",
+                self.cfg.name,
+                index,
+                e,
+            )
+            self._set_disk_full()
+            return
+        log.info(
+            "snapshot at index %d (%d bytes, %.0f ms in the background); log compacted to %d",
+            index,
+            len(data),
+            (time.monotonic() - t0) * 1000,
+            release_before - 1,
+        )
+
+    def _save_snapshot_locked(self, storage: NodeStorage, snap: Snapshot, release_before: int) -> None:
+        with self._snap_file_lock:
+            storage.save_snapshot(snap, release_before)
 
     # ------------------------------------------------------------------
     # waiting for things
@@ -749,7 +980,15 @@ class RaftNode:
             "fault_rules": [r.to_dict() for r in self.faults.rules()] if self.faults else None,
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "disk_full": self.disk_full,
+            **self.loopmon.stats(),
         }
+
+
+def _pack_envelope(members: list[Any], app: bytes) -> bytes:
+    """The snapshot body: membership plus the state machine's bytes (run on a worker thread)."""
+    out: bytes = msgpack.packb({"members": members, "app": app})
+    return out
 
 
 def _ctx_request(ctx: bytes) -> tuple[int, int]:

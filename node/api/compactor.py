@@ -1,0 +1,160 @@
+"""etcd's auto-compaction (--auto-compaction-mode / --auto-compaction-retention), run by the leader.
+
+Like etcd's v3compactor, only the leader proposes Compact requests, through the log:
+- periodic: every retention/10 (at most every hour/10) the current revision is sampled; once
+  `retention` has passed since the last compaction (the first time: since the start) the
+  leader compacts to the revision sampled `retention` ago, then again every min(retention, 1h).
+- revision: every check interval the leader compacts to (current revision - retention) if that
+  moved. etcd checks every 5 minutes; we check every 10 s by default (env
+  QUORUMLAB_COMPACTION_CHECK_INTERVAL), since a lab cluster under load writes thousands of
+  revisions a minute and a 5-minute lag would let memory grow far past the retention.
+A compaction that fails because the revision is already compacted counts as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from node.api.pb import rpc_pb2
+from node.kv import KVError
+from node.kv.apply import OP_COMPACT, KVStateMachine, encode
+from node.kv.mvcc import ERR_COMPACTED
+from node.server.raftnode import NodeError, RaftNode
+
+log = logging.getLogger("quorumlab.compactor")
+
+MODES = ("periodic", "revision")
+REVISION_CHECK_S = float(os.environ.get("QUORUMLAB_COMPACTION_CHECK_INTERVAL", "10"))
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+class RetentionError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Retention:
+    mode: str  # periodic | revision
+    seconds: float = 0.0  # periodic
+    revisions: int = 0  # revision
+
+    @property
+    def enabled(self) -> bool:
+        return self.seconds > 0 or self.revisions > 0
+
+
+def _go_duration(s: str) -> float | None:
+    """Go's time.ParseDuration for non-negative values ("1h30m", "90s", "1.5h"); None if invalid."""
+    pos, total = 0, 0.0
+    if not s:
+        return None
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    return total if pos == len(s) else None
+
+
+def parse_retention(mode: str, value: str) -> Retention:
+    """etcd's parseCompactionRetention: a bare integer is hours (periodic) or revisions (revision);
+    otherwise a Go duration, which only periodic mode can use. "0" disables auto-compaction."""
+    if mode not in MODES:
+        raise RetentionError(f"--auto-compaction-mode must be periodic or revision, not {mode!r}")
+    v = value.strip()
+    if v.isdigit():
+        n = int(v)
+        return Retention(mode, seconds=n * 3600.0) if mode == "periodic" else Retention(mode, revisions=n)
+    secs = _go_duration(v)
+    if secs is None:
+        raise RetentionError(f"--auto-compaction-retention {value!r} is not a number or a duration like 1h, 30m, 90s")
+    if mode == "revision":
+        raise RetentionError(
+            f"--auto-compaction-retention {value!r}: revision mode takes a count of revisions, not a duration"
+        )
+    return Retention(mode, seconds=secs)
+
+
+class Compactor:
+    def __init__(self, node: RaftNode, sm: KVStateMachine, retention: Retention) -> None:
+        self.node = node
+        self.sm = sm
+        self.retention = retention
+        self._task: asyncio.Task[None] | None = None
+
+    def is_leader(self) -> bool:
+        return self.node.lead == self.node.member_id and self.node.lead != 0
+
+    def start(self) -> None:
+        if not self.retention.enabled:
+            return
+        run = self._periodic if self.retention.mode == "periodic" else self._revision
+        self._task = asyncio.get_running_loop().create_task(run(), name="auto-compactor")
+        log.info("auto-compaction: %s, retention %s", self.retention.mode, self._describe())
+
+    def _describe(self) -> str:
+        r = self.retention
+        return f"{r.seconds:g}s" if r.mode == "periodic" else f"{r.revisions} revisions"
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _compact(self, rev: int) -> bool:
+        """Propose Compact(rev) as leader; True when done (or already compacted past it)."""
+        if not self.is_leader() or rev <= 0:
+            return False
+        if rev <= self.sm.store.compact_revision:
+            return True
+        t0 = time.monotonic()
+        try:
+            res = await self.node.propose(encode(OP_COMPACT, rpc_pb2.CompactionRequest(revision=rev)), timeout=10.0)
+        except NodeError as e:
+            log.warning("auto-compaction to revision %d failed: %s", rev, e)
+            return False
+        if isinstance(res, KVError):  # the state machine's refusal comes back as the result
+            if str(res) == ERR_COMPACTED:
+                return True
+            log.warning("auto-compaction to revision %d failed: %s", rev, res)
+            return False
+        log.info("auto-compaction: compacted to revision %d in %.3f s", rev, time.monotonic() - t0)
+        return True
+
+    async def _revision(self) -> None:
+        prev = 0
+        while True:
+            await asyncio.sleep(REVISION_CHECK_S)
+            rev = self.sm.store.revision - self.retention.revisions
+            if rev <= 0 or rev == prev:
+                continue
+            if await self._compact(rev):
+                prev = rev
+
+    async def _periodic(self) -> None:
+        period = self.retention.seconds
+        interval = min(period, 3600.0)
+        retry = interval / 10
+        keep = int(period / retry) + 1
+        revs: list[int] = []
+        last_rev = 0
+        last_success = time.monotonic()
+        base = period
+        while True:
+            revs.append(self.sm.store.revision)
+            if len(revs) > keep:
+                revs.pop(0)  # revs[0] is the revision about `period` ago
+            await asyncio.sleep(retry)
+            if not self.is_leader():
+                continue
+            rev = revs[0]
+            if time.monotonic() - last_success < base or rev == last_rev:
+                continue
+            base = interval
+            if await self._compact(rev):
+                last_rev, last_success = rev, time.monotonic()
