@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.config import flag_type
+
 from . import experiment as exp
 from .checker import check
 from .faults import Chaos, FaultError
@@ -71,6 +73,9 @@ async def _apply(ch: Chaos, a: argparse.Namespace) -> str:
     if k == "delay":
         return await ch.delay(a.ms, a.nodes.split(",") if "," in a.nodes else a.nodes)
     if k == "undo":
+        if a.id not in ch.rules:
+            active = ", ".join(ch.rules) or "none"
+            raise FaultError(f"no active fault {a.id!r} (active: {active}; see `orchestrate chaos list`)")
         await ch.undo(a.id)
         return f"undid {a.id}"
     if k == "heal":
@@ -140,6 +145,30 @@ async def cmd_check(ctx: Ctx, a: argparse.Namespace) -> int:
     return {"valid": 0, "invalid": 1, "unknown": 2}[res.verdict]
 
 
+def _number(raw: str, what: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        v = float("nan")
+    if not v == v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {raw!r}")
+    return v
+
+
+def _probability(raw: str) -> float:
+    v = _number(raw, "a probability in (0, 1]")
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {raw}")
+    return v
+
+
+def _millis(raw: str) -> float:
+    v = _number(raw, "a positive number")
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {raw}")
+    return v
+
+
 def add_parsers(sub: Any) -> None:
     ch = sub.add_parser("chaos", help="inject faults into the running cluster")
     cs = ch.add_subparsers(dest="chaos_cmd", required=True, metavar="FAULT")
@@ -153,10 +182,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("src")
     p.add_argument("dst")
     p = cs.add_parser("loss", help="lose a fraction of messages from some nodes")
-    p.add_argument("probability", type=float)
+    p.add_argument("probability", type=_probability)
     p.add_argument("nodes", nargs="?", default="all")
     p = cs.add_parser("delay", help="add latency to messages from some nodes (local backend)")
-    p.add_argument("ms", type=float)
+    p.add_argument("ms", type=_millis)
     p.add_argument("nodes", nargs="?", default="all")
     p = cs.add_parser("undo", help="remove one fault by its id (see chaos list)")
     p.add_argument("id")
@@ -170,16 +199,16 @@ def add_parsers(sub: Any) -> None:
     es.add_parser("list", help="the built-in experiments")
     r = es.add_parser("run", help="run a built-in experiment or a YAML file on a fresh throwaway cluster")
     r.add_argument("ref", help="experiment name or file")
-    r.add_argument("--engine", choices=["builtin", "etcd"])
-    r.add_argument("--net", choices=["local", "netns"])
+    r.add_argument("--engine", type=flag_type("engine"), help="builtin | etcd")
+    r.add_argument("--net", type=flag_type("network"), help="local | netns")
     r.add_argument("--reports", default="reports", help="where run folders go (default ./reports)")
     r.add_argument("--seed", type=int)
-    r.add_argument("--heartbeat-ms", type=int, default=50)
-    r.add_argument("--election-ms", type=int, default=500)
+    r.add_argument("--heartbeat-ms", type=flag_type("heartbeat_ms"), default=50)
+    r.add_argument("--election-ms", type=flag_type("election_ms"), default=500)
     ex.set_defaults(fn=cmd_experiment)
 
     ck = sub.add_parser("check", help="check a recorded history for linearizability")
     ck.add_argument("history", help="a history.jsonl from an experiment report")
-    ck.add_argument("--budget", type=float, default=60.0, help="seconds before answering unknown")
+    ck.add_argument("--budget", type=_millis, default=60.0, help="seconds before answering unknown")
     ck.add_argument("-w", "--write-out", choices=["text", "json"], default="text")
     ck.set_defaults(fn=cmd_check)

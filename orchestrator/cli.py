@@ -10,13 +10,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from node.client import ClientError
 
 from . import config as cfgmod
 from . import kvcli
-from .cluster import Cluster, ClusterView, OrchestrateError
+from .cluster import Cluster, ClusterView, NodeStartError, OrchestrateError
 from .engines import EngineError
 from .quorum import explain, table
 
@@ -29,16 +29,29 @@ def human_bytes(n: int) -> str:
     return f"{n}B"
 
 
+def stall_text(p99: float | None, mx: float | None) -> str:
+    """Event-loop stall over the last minute as 'p99/max' ms; '-' when the engine does not report it."""
+    if p99 is None and mx is None:
+        return "-"
+    return f"{p99 or 0:.0f}/{mx or 0:.0f}"
+
+
+def alarms_text(alarms: list[str] | None) -> str:
+    return ",".join(alarms) if alarms else "-"
+
+
 def render(view: ClusterView, usage: bool = True) -> str:
-    cols = ["NAME", "STATE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "PID", "CLIENT URL"]
+    cols = ["NAME", "STATE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "STALL ms", "ALARMS", "PID", "CLIENT URL"]
     if usage:
         cols[7:7] = ["CPU%", "RSS"]
     rows = []
     for v in view.nodes:
         role = v.role + (" (learner)" if v.learner else "")
-        row = [v.name, v.state, role or "-", str(v.term or "-"), v.leader or "-", str(v.commit), str(v.applied)]
+        name = v.name + (" !" if v.problem else "")
+        row = [name, v.state, role or "-", str(v.term or "-"), v.leader or "-", str(v.commit), str(v.applied)]
         if usage:
             row += [f"{v.cpu:.0f}" if v.pid else "-", human_bytes(v.rss) if v.rss else "-"]
+        row += [stall_text(v.loop_stall_p99_ms, v.loop_stall_max_ms), alarms_text(v.alarms)]
         row += [str(v.pid or "-"), v.client_url]
         rows.append(row)
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -55,6 +68,9 @@ def render(view: ClusterView, usage: bool = True) -> str:
         f"live voters {len(view.live_voters)} · {verdict}"
     )
     out += [f"note: {line}" for line in explain(view.n)[1:]]
+    out += [f"warning: {w}" for w in view.warnings]
+    if any(v.loop_stall_max_ms is not None for v in view.nodes):
+        out.append("STALL: the node's event-loop stalls over the last 60 s, p99/max in ms")
     return "\n".join(out)
 
 
@@ -85,7 +101,7 @@ class Ctx:
         self.args = args
         self.cfg = cfgmod.load(Path(args.config) if args.config else None)
         root = args.root or os.environ.get("QUORUMLAB_HOME") or self.cfg.data_dir
-        self.root = Path(root)
+        self.root = Path(os.path.abspath(os.path.expanduser(root)))  # nodes only ever get absolute paths
         self.name = args.name or self._default_name()
         self.after: Callable[[], int] | None = None
 
@@ -104,29 +120,26 @@ class Ctx:
 
 
 # -- verbs ----------------------------------------------------------------------------------
-async def cmd_up(ctx: Ctx, a: argparse.Namespace) -> int:
-    cfg = ctx.cfg
-    if a.nodes is not None:
-        cfg = cfg.with_nodes(a.nodes)
-    over: dict[str, Any] = {}
-    for attr, key in (
-        ("engine", "engine"),
-        ("net", "network"),
-        ("heartbeat_ms", "heartbeat_ms"),
-        ("election_ms", "election_ms"),
-        ("client_port", "client_port"),
-        ("peer_port", "peer_port"),
-    ):
-        v = getattr(a, attr)
-        if v is not None:
-            over[key] = v
-    if a.name:
-        over["name"] = a.name
-    if over:
-        from dataclasses import replace
+UP_FLAGS = {  # `up` flag (argparse dest) -> ClusterConfig field: validated by the field's own validator
+    "nodes": "nodes",
+    "engine": "engine",
+    "net": "network",
+    "heartbeat_ms": "heartbeat_ms",
+    "election_ms": "election_ms",
+    "client_port": "client_port",
+    "peer_port": "peer_port",
+    "snapshot_count": "snapshot_count",
+    "log_level": "log_level",
+    "compaction_mode": "compaction_mode",
+    "compaction_retention": "compaction_retention",
+    "quota_backend_bytes": "quota_backend_bytes",
+    "name": "name",
+}
 
-        cfg = replace(cfg, **over)
-        cfgmod.check_ports(cfg, "command line")
+
+async def cmd_up(ctx: Ctx, a: argparse.Namespace) -> int:
+    flags: dict[str, Any] = {field: getattr(a, dest) for dest, field in UP_FLAGS.items()}
+    cfg = cfgmod.apply_flags(ctx.cfg, flags)
     if cfg.network == "netns":
         from chaos.net import netns_available
 
@@ -134,8 +147,12 @@ async def cmd_up(ctx: Ctx, a: argparse.Namespace) -> int:
         if why:
             raise OrchestrateError(f"--net netns: {why}; use --net local (in-process fault rules) instead")
     c = Cluster(ctx.root, cfg.name)
-    with c.dir.lock():
-        c.create(cfg)
+    with c.dir.lock(create=True):
+        try:
+            c.create(cfg)
+        except BaseException:
+            c.dir.remove_if_empty()  # a refused up leaves nothing behind
+            raise
         view = await c.up(a.timeout, _progress(not a.quiet))
     _end_progress()
     print(render(view, usage=False))
@@ -148,7 +165,9 @@ async def cmd_down(ctx: Ctx, a: argparse.Namespace) -> int:
     c = ctx.cluster()
     with c.dir.lock():
         stopped = c.down(a.purge)
-    print(f"stopped {', '.join(stopped) or 'nothing (no node was running)'}" + ("; data removed" if a.purge else ""))
+    print(f"stopped {', '.join(stopped) or 'nothing (no node was running)'}")
+    for what in c.removed:
+        print(f"removed {what}")
     return 0
 
 
@@ -171,12 +190,16 @@ async def cmd_node(ctx: Ctx, a: argparse.Namespace) -> int:
     c = ctx.cluster()
     targets = c.st.live_names() if a.node == "all" else [await c.resolve(a.node)]
     verb = a.cmd
+    was = f" (was {a.node})" if a.node in ("leader", "follower", "random") else ""
+    started: list[str] = []
     with c.dir.lock():
         for name in targets:
             if verb == "start":
                 if a.node == "all" and c.launcher.state(c.st.nodes[name]) != "stopped":
                     continue
                 c.start_node(name)
+                started.append(name)
+                continue
             elif verb == "stop":
                 c.stop_node(name)
             elif verb == "kill":
@@ -187,8 +210,23 @@ async def cmd_node(ctx: Ctx, a: argparse.Namespace) -> int:
                 c.resume_node(name)
             elif verb == "restart":
                 c.restart_node(name)
-            print(f"{verb} {name}" + (f" (was {a.node})" if a.node in ("leader", "follower", "random") else ""))
-    return 0
+                started.append(name)
+                continue
+            print(f"{verb} {name}{was}")
+    # start / restart report success only once the node serves (a corrupt WAL makes it exit instead)
+    say = _progress(True)
+    failed: list[str] = []
+    for name in started:
+        try:
+            took = await c.wait_serving(name, a.timeout, say)
+        except NodeStartError as e:
+            _end_progress()
+            print(f"orchestrate: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        _end_progress()
+        print(f"{verb} {name}{was}: serving after {took:.1f}s (pid {c.st.nodes[name].pid})")
+    return 1 if failed else 0
 
 
 async def cmd_add(ctx: Ctx, a: argparse.Namespace) -> int:
@@ -275,28 +313,62 @@ async def cmd_tui(ctx: Ctx, a: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse with one clear line for bad input (exit 2), never a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+def positive(kind: type[int] | type[float], hi: float | None = None) -> Callable[[str], Any]:
+    """An argparse type for counts and seconds that must be > 0 (and at most hi)."""
+
+    def convert(raw: str) -> Any:
+        try:
+            v = kind(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {raw!r}") from None
+        if not v > 0 or (hi is not None and v > hi) or v != v:
+            rng = f" up to {hi:g}" if hi is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}{rng}, got {raw}")
+        return v
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="orchestrate",
         description="Start, inspect and break a local Raft key-value cluster (quorumlab or real etcd).",
     )
     p.add_argument("--config", "-c", help="cluster definition (default: ./cluster.yaml if present)")
-    p.add_argument("--name", help="cluster name (default: from the config, or the only cluster here)")
+    p.add_argument("--name", type=cfgmod.flag_type("name"),
+                   help="cluster name (default: from the config, or the only cluster here)")  # fmt: skip
     p.add_argument("--root", help="state directory root (default: data_dir from the config, .quorumlab)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start a cluster and wait until it accepts writes")
-    up.add_argument("--nodes", "-n", type=_nodes_arg, help="node count or comma-separated names")
-    up.add_argument("--engine", choices=cfgmod.ENGINES)
-    up.add_argument("--net", choices=cfgmod.NETWORKS)
-    up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a leader and a write")
-    up.add_argument("--client-port", type=int, help="first client port (node i gets +i)")
-    up.add_argument("--peer-port", type=int, help="first peer port (node i gets +i)")
-    up.add_argument("--heartbeat-ms", type=int)
-    up.add_argument("--election-ms", type=int)
+    ft = cfgmod.flag_type
+    up.add_argument("--nodes", "-n", type=ft("nodes"), help="node count or comma-separated names")
+    up.add_argument("--engine", type=ft("engine"), help=" | ".join(cfgmod.ENGINES))
+    up.add_argument("--net", type=ft("network"), help=" | ".join(cfgmod.NETWORKS))
+    up.add_argument("--timeout", type=positive(float), default=30.0, help="seconds to wait for a leader and a write")
+    up.add_argument("--client-port", type=ft("client_port"), help="first client port (node i gets +i)")
+    up.add_argument("--peer-port", type=ft("peer_port"), help="first peer port (node i gets +i)")
+    up.add_argument("--heartbeat-ms", type=ft("heartbeat_ms"), help="etcd's --heartbeat-interval")
+    up.add_argument("--election-ms", type=ft("election_ms"), help="etcd's --election-timeout")
+    up.add_argument("--snapshot-count", type=ft("snapshot_count"))
+    up.add_argument("--log-level", type=ft("log_level"))
+    up.add_argument("--auto-compaction-mode", dest="compaction_mode", type=ft("compaction_mode"),
+                    help="periodic | revision (default: revision)")  # fmt: skip
+    up.add_argument("--auto-compaction-retention", dest="compaction_retention", type=ft("compaction_retention"),
+                    help="revisions to keep (revision mode, default 10000) or a duration (periodic: 1h)")  # fmt: skip
+    up.add_argument("--quota-backend-bytes", type=ft("quota_backend_bytes"),
+                    help="NOSPACE alarm past this keyspace size: bytes or 256MiB (default 256MiB)")  # fmt: skip
     up.add_argument("--tui", action="store_true", help="open the dashboard once the cluster is up")
     up.add_argument("--quiet", "-q", action="store_true")
-    up.add_argument("--name", dest="up_name", help="cluster name (same as the global --name)")
+    up.add_argument("--name", dest="up_name", type=ft("name"), help="cluster name (same as the global --name)")
     up.set_defaults(fn=cmd_up)
 
     down = sub.add_parser("down", help="stop every node (--purge also deletes the data)")
@@ -305,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="nodes, roles, leader, quorum; exit 1 without quorum")
     st.add_argument("-w", "--write-out", choices=["table", "json"], default="table")
-    st.add_argument("--watch", type=float, nargs="?", const=1.0, default=None, help="refresh every S seconds")
+    st.add_argument("--watch", type=positive(float), nargs="?", const=1.0, default=None,
+                    help="refresh every S seconds")  # fmt: skip
     st.set_defaults(fn=cmd_status)
 
     node_help = "a node name, or leader / follower / random"
@@ -319,17 +392,20 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(verb, help=h)
         sp.add_argument("node", help=node_help + (" / all" if verb in ("start", "stop") else ""))
+        if verb in ("start", "restart"):
+            sp.add_argument("--timeout", type=positive(float), default=120.0,
+                            help="seconds to wait until it serves (it replays its WAL first)")  # fmt: skip
         sp.set_defaults(fn=cmd_node)
 
     add = sub.add_parser("add", help="add a member (as a learner, promoted once caught up)")
     add.add_argument("node", help="new node name, e.g. n6")
     add.add_argument("--voter", action="store_true", help="add directly as a voter")
-    add.add_argument("--timeout", type=float, default=30.0)
+    add.add_argument("--timeout", type=positive(float), default=30.0)
     add.set_defaults(fn=cmd_add)
 
     rm = sub.add_parser("remove", help="remove a member from the cluster")
     rm.add_argument("node", help=node_help)
-    rm.add_argument("--timeout", type=float, default=30.0)
+    rm.add_argument("--timeout", type=positive(float), default=30.0)
     rm.set_defaults(fn=cmd_remove)
 
     ml = sub.add_parser("move-leader", help="transfer leadership to a node")
@@ -339,11 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     lg = sub.add_parser("logs", help="show a node's log")
     lg.add_argument("node", help=node_help)
     lg.add_argument("-f", "--follow", action="store_true")
-    lg.add_argument("-n", "--lines", type=int, default=40)
+    lg.add_argument("-n", "--lines", type=positive(int), default=40)
     lg.set_defaults(fn=cmd_logs)
 
     q = sub.add_parser("quorum", help="the quorum / fault tolerance table from the notes")
-    q.add_argument("--max", type=int, default=7)
+    q.add_argument("--max", type=positive(int, cfgmod.MAX_NODES), default=7)
     q.set_defaults(fn=cmd_quorum)
 
     cl = sub.add_parser("clusters", help="list clusters in the state directory")
@@ -360,19 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _nodes_arg(v: str) -> int | list[str]:
-    if v.isdigit():
-        n = int(v)
-        if not 1 <= n <= cfgmod.MAX_NODES:
-            raise argparse.ArgumentTypeError(f"node count must be 1..{cfgmod.MAX_NODES}")
-        return n
-    names = [x.strip() for x in v.split(",") if x.strip()]
-    for n2 in names:
-        if not cfgmod.NAME_RE.match(n2):
-            raise argparse.ArgumentTypeError(f"bad node name {n2!r}")
-    return names
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "up_name", None):
@@ -382,10 +445,24 @@ def main(argv: list[str] | None = None) -> int:
         rc: int = asyncio.run(args.fn(ctx, args))
         if ctx.after is not None and rc == 0:
             rc = ctx.after()
+        sys.stdout.flush()  # a closed pipe shows up here, not at exit
         return rc
+    except BrokenPipeError:
+        # the reader went away (`orchestrate check ... | head -1`): stop quietly like any Unix filter,
+        # with the status a shell reports for SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except NodeStartError as e:
+        _end_progress()
+        print(f"orchestrate: {e}", file=sys.stderr)
+        return 1
     except (OrchestrateError, cfgmod.ConfigError, EngineError) as e:
         _end_progress()
         print(f"orchestrate: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a state dir we cannot write, a full disk: say so, no traceback
+        _end_progress()
+        print(f"orchestrate: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except ClientError as e:
         print(f"orchestrate: {e.endpoint + ': ' if e.endpoint else ''}{e}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import shutil
 import signal
@@ -22,11 +23,25 @@ from .launcher import LocalLauncher
 from .quorum import explain, fault_tolerance, quorum
 from .state import ClusterState, NodeRecord, StateDir
 
+
+def _data_dir_owner(d: Path) -> tuple[str, str] | None:
+    """(member name, cluster id in hex) from a builtin node's member.json; None if absent or unreadable."""
+    try:
+        meta = json.loads((d / "member.json").read_text())
+        return str(meta["name"]), f"{int(meta['cluster_id']):x}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 ROLES = ("leader", "follower", "random")
 
 
 class OrchestrateError(Exception):
     """A user-facing failure; the message says what to do."""
+
+
+class NodeStartError(OrchestrateError):
+    """A node that was started did not come to serve: exit status 1, with the end of its log."""
 
 
 @dataclass
@@ -45,11 +60,19 @@ class NodeView:
     rss: int = 0
     learner: bool = False
     error: str = ""
+    cluster_id: str = ""
+    problem: str = ""  # disagrees with the state file: another cluster, or another membership
+    loop_stall_max_ms: float | None = None  # None: the engine does not report it (real etcd)
+    loop_stall_p99_ms: float | None = None
+    alarms: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d.pop("extra")
+        for k in ("loop_stall_max_ms", "loop_stall_p99_ms", "alarms"):
+            if d[k] is None:
+                del d[k]  # gracefully absent when the engine does not report it
         d.update(self.extra)
         return d
 
@@ -59,9 +82,11 @@ class ClusterView:
     name: str
     engine: str
     nodes: list[NodeView]
-    voters: list[str]
+    voters: list[str]  # the configured voters (state file): the quorum arithmetic uses these
     leader: str
     term: int
+    leader_voters: list[str] = field(default_factory=list)  # the voters the leader reports
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -77,7 +102,11 @@ class ClusterView:
 
     @property
     def live_voters(self) -> list[str]:
-        return [v.name for v in self.nodes if v.name in self.voters and v.state == "running" and v.role]
+        return [
+            v.name
+            for v in self.nodes
+            if v.name in self.voters and v.state == "running" and v.role and not v.problem.startswith("cluster")
+        ]
 
     @property
     def has_quorum(self) -> bool:
@@ -97,6 +126,8 @@ class ClusterView:
             "leader": self.leader,
             "term": self.term,
             "voters": self.voters,
+            "leader_voters": self.leader_voters,
+            "warnings": self.warnings,
             "n": self.n,
             "quorum": self.quorum,
             "fault_tolerance": self.fault_tolerance,
@@ -132,6 +163,8 @@ class Cluster:
         self.name = name
         self.launcher = launcher or LocalLauncher()
         self._st: ClusterState | None = None
+        self.fresh = False  # create() made a new cluster (nothing of it existed before this up)
+        self.removed: list[str] = []  # what the last down(purge=True) deleted
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -183,6 +216,7 @@ class Cluster:
                     f"{old.engine}; `orchestrate down --purge` removes it, or `orchestrate start all` restarts it"
                 )
             self._st = old
+            self.fresh = False
             return
         st = ClusterState(
             name=cfg.name,
@@ -195,6 +229,9 @@ class Cluster:
             log_level=cfg.log_level,
             created=time.time(),
             config_source=cfg.source,
+            compaction_mode=cfg.compaction_mode,
+            compaction_retention=cfg.retention,
+            quota_backend_bytes=cfg.quota_backend_bytes,
         )
         for name in cfg.nodes:
             host = cfg.host_of(name)
@@ -205,6 +242,32 @@ class Cluster:
             for i, name in enumerate(cfg.nodes):
                 self._place_in_netns(st, name, i)
         self._st = st
+        self.fresh = True
+
+    def check_data_dirs(self, names: list[str]) -> None:
+        """Refuse, before anything starts, a data dir that belongs to another cluster or member."""
+        st = self.st
+        for n in names:
+            d = self.dir.data_dir(n)
+            if not d.is_dir() or not any(d.iterdir()):
+                continue
+            fix = (f"remove it (`rm -r {d}`, or `orchestrate --root {self.dir.root} --name {self.name} down --purge` "
+                   "for the whole cluster) or start this cluster under another --name or --root")  # fmt: skip
+            owner = _data_dir_owner(d)
+            if self.fresh:
+                whose = (f"member {owner[0]!r} of cluster {owner[1]}" if owner
+                         else "an earlier cluster" + (" (etcd data)" if (d / "member").exists() else ""))  # fmt: skip
+                raise OrchestrateError(
+                    f"data dir {d} already holds data of {whose}, but {self.name!r} is a new cluster; {fix}"
+                )
+            if owner is None:
+                continue  # etcd's data, or unreadable metadata: the node checks it, and up verifies the cluster id
+            if owner[0] != n:
+                raise OrchestrateError(f"data dir {d} belongs to member {owner[0]!r}, not {n!r}; {fix}")
+            if st.cluster_id and owner[1] != st.cluster_id:
+                raise OrchestrateError(
+                    f"data dir {d} belongs to cluster {owner[1]}, but cluster {self.name!r} is {st.cluster_id}; {fix}"
+                )
 
     def netns(self) -> Any:
         from chaos.net import Netns
@@ -240,47 +303,142 @@ class Cluster:
         rec = st.nodes[name]
         data = self.dir.data_dir(name)  # on a restart both engines ignore cluster_state: the data decides
         cmd = engines.command(st, rec, data, cluster_state, members or st.live_names())
-        rec.pid, rec.create_time = self.launcher.start(cmd, self.dir.log_file(name), rec.netns)
+        # the node runs in its own data dir with absolute paths: never in the repo or the user's cwd
+        try:
+            rec.pid, rec.create_time = self.launcher.start(cmd, self.dir.log_file(name), data, rec.netns)
+        except OSError as e:
+            raise OrchestrateError(f"cannot start {name}: {e.strerror or e}: {e.filename or data}") from None
         rec.desired = "running"
 
     async def up(self, timeout: float, progress: Callable[[str], None] | None = None) -> ClusterView:
+        """Start every member and wait until they are the voters of one cluster that takes writes on
+        every client port; if that fails, stop what was started (a new cluster's data goes too)."""
         names = self.st.live_names()
+        started: list[str] = []
+        try:
+            self.check_data_dirs(names)
+            nn = self.netns()
+            if nn is not None:
+                nn.create(len(self.st.nodes))
+            self.check_ports(names)
+            for n in names:
+                self.spawn(n)
+                started.append(n)
+            self.save()
+            view = await self.wait_ready(timeout, progress, every_node=True)
+            self.fresh = False  # its members now own their data dirs: later starts check ids, not emptiness
+            return view
+        except BaseException as e:
+            note = self._undo_up(started)
+            if isinstance(e, OrchestrateError) and note:
+                raise OrchestrateError(f"{e}\n{note}") from None
+            raise
+
+    def _undo_up(self, started: list[str]) -> str:
+        """After a failed up: stop the nodes it started; a new cluster leaves only its logs."""
+        st = self.st
+        stopped = []
+        for n in started:
+            rec = st.nodes[n]
+            if self.launcher.process(rec) is not None:
+                self.launcher.stop(rec, timeout=5.0)
+                stopped.append(n)
+            rec.desired = "stopped"
+        what = f"stopped {', '.join(stopped)}" if stopped else "no node was left running"
+        if not self.fresh:
+            self.save()
+            return f"{what}; the cluster's data is kept (`orchestrate down --purge` removes it)"
         nn = self.netns()
         if nn is not None:
-            nn.create(len(self.st.nodes))
-        self.check_ports(names)
-        for n in names:
-            self.spawn(n)
-        self.save()
-        return await self.wait_ready(timeout, progress)
+            nn.destroy()
+        for n in started:
+            shutil.rmtree(self.dir.data_dir(n), ignore_errors=True)
+        self.dir.file.unlink(missing_ok=True)
+        self.dir.remove_if_empty()
+        self._st = None
+        logs = self.dir.path / "logs"
+        if not started:
+            return ""
+        kept = f"; its logs are kept in {logs} (`rm -r {self.dir.path}` removes them)" if logs.is_dir() else ""
+        return f"{what} and removed the new cluster's state and data{kept}"
 
-    async def wait_ready(self, timeout: float, progress: Callable[[str], None] | None = None) -> ClusterView:
-        """Wait until a leader is elected and a write succeeds; on timeout explain what is missing."""
+    async def wait_ready(
+        self, timeout: float, progress: Callable[[str], None] | None = None, every_node: bool = False
+    ) -> ClusterView:
+        """Wait until a leader is elected and a write succeeds; on timeout explain what is missing.
+
+        every_node (up): also every configured member must answer as a voter of one cluster (one
+        cluster id, the leader's voters = the state file's) and take a write on its own client port.
+        """
         deadline = time.monotonic() + timeout
         say = progress or (lambda s: None)
         view: ClusterView | None = None
+        missing = ""
         while time.monotonic() < deadline:
             view = await self.view(usage=False)
             dead = [v.name for v in view.nodes if v.state == "stopped"]
-            if dead and len(dead) == len(view.nodes):
+            if dead and (every_node or len(dead) == len(view.nodes)):
+                missing = f"{', '.join(dead)} exited"
                 break
+            self._check_one_cluster(view)
             up = sum(1 for v in view.nodes if v.role)
             if not view.leader:
+                missing = f"no leader: {up}/{len(view.nodes)} nodes answering"
                 say(f"waiting for a leader: {up}/{len(view.nodes)} nodes answering")
+            elif every_node and (why := self._not_all_voters(view)):
+                missing = why
+                say(f"leader {view.leader} elected (term {view.term}); waiting: {why}")
             else:
                 say(f"leader {view.leader} elected (term {view.term}); waiting for a write to commit")
                 try:
-                    async with self.client(timeout=2.0) as c:
-                        await c.put("quorumlab/up", str(time.time()))
-                    await self._record_member_ids()
+                    targets = [v.name for v in view.nodes] if every_node else [""]
+                    for n in targets:
+                        async with self.client([n] if n else None, timeout=2.0) as c:
+                            await c.put("quorumlab/up", str(time.time()))
+                    await self._record_member_ids(view)
                     return await self.view(usage=False)
                 except ClientError as e:
+                    missing = f"a write through {e.endpoint or 'the cluster'} failed: {e}"
                     say(f"write not yet accepted: {e}")
             await asyncio.sleep(0.2)
-        raise OrchestrateError(self.diagnose(view, timeout))
+        raise OrchestrateError(self.diagnose(view, timeout, missing))
 
-    def diagnose(self, view: ClusterView | None, timeout: float) -> str:
-        lines = [f"cluster {self.name!r} did not become ready within {timeout:.0f}s"]
+    def _check_one_cluster(self, view: ClusterView) -> None:
+        """Members answering with different cluster ids never converge: say so now, naming the data dirs."""
+        ids = {v.name: v.cluster_id for v in view.nodes if v.cluster_id}
+        expect = self.st.cluster_id
+        if not expect:
+            counts: dict[str, int] = {}
+            for cid in ids.values():
+                counts[cid] = counts.get(cid, 0) + 1
+            if len(counts) <= 1:
+                return
+            expect = max(counts, key=lambda k: counts[k])
+        odd = sorted(n for n, cid in ids.items() if cid != expect)
+        if odd:
+            dirs = ", ".join(f"{n}: cluster {ids[n]} ({self.dir.data_dir(n)})" for n in odd)
+            raise OrchestrateError(
+                f"members of another cluster answered: {dirs}; cluster {self.name!r} is {expect}. Their data dirs "
+                f"belong to another cluster: `orchestrate down --purge` and up again, or remove those dirs"
+            )
+
+    def _not_all_voters(self, view: ClusterView) -> str:
+        want = set(self.st.voter_names())
+        silent = [v.name for v in view.nodes if v.name in want and not v.role]
+        if silent:
+            return f"{', '.join(silent)} not answering yet"
+        have = set(view.leader_voters)
+        if have != want:
+            extra = sorted(have - want)
+            lacking = sorted(want - have)
+            return "the leader's voters are " + ", ".join(sorted(have)) + (
+                f" (missing {', '.join(lacking)})" if lacking else "") + (
+                f" (not configured: {', '.join(extra)})" if extra else "")  # fmt: skip
+        return ""
+
+    def diagnose(self, view: ClusterView | None, timeout: float, missing: str = "") -> str:
+        lines = [f"cluster {self.name!r} did not become ready within {timeout:g}s" + (f" ({missing})" if missing
+                                                                                           else "")]  # fmt: skip
         for n in self.st.live_names():
             rec = self.st.nodes[n]
             state = self.launcher.state(rec)
@@ -297,16 +455,30 @@ class Cluster:
             return []
         return p.read_text(errors="replace").splitlines()[-n:]
 
-    async def _record_member_ids(self) -> None:
+    async def _record_member_ids(self, view: ClusterView | None = None) -> None:
+        if view is not None and not self.st.cluster_id:
+            ids = {v.cluster_id for v in view.nodes if v.cluster_id}
+            if len(ids) == 1:
+                self.st.cluster_id = ids.pop()
         with contextlib.suppress(ClientError):
             async with self.client(timeout=2.0) as c:
                 ml = await c.members()
             for m in ml.members:
                 if m.name in self.st.nodes:
                     self.st.nodes[m.name].member_id = f"{m.ID:x}"
-            self.save()
+            if not self.st.cluster_id and ml.header.cluster_id:
+                self.st.cluster_id = f"{ml.header.cluster_id:x}"
+        self.save()
 
     def down(self, purge: bool) -> list[str]:
+        """Stop every node; with purge remove exactly what the cluster made (listed in self.removed)."""
+        self.removed = []
+        if not self.dir.exists():
+            if purge and self.dir.path.is_dir():  # what a failed up or a crash left (logs, data)
+                shutil.rmtree(self.dir.path)
+                self.removed.append(str(self.dir.path))
+                return []
+            self.st  # noqa: B018 - raises the "no cluster named" error
         self.reload()  # pids may have changed since we read the state (a restart elsewhere)
         stopped = []
         for n in self.st.live_names():
@@ -317,9 +489,18 @@ class Cluster:
             rec.desired = "stopped"
         nn = self.netns()
         if nn is not None:
-            nn.destroy()
+            self.removed += [f"network namespace or bridge {x} (and its rules)" for x in nn.destroy()]
         if purge:
-            shutil.rmtree(self.dir.path, ignore_errors=True)
+            made_root = bool(self.st.extra.get("made_root"))
+            what = [d.name for d in sorted((self.dir.path / "data").glob("*")) if d.is_dir()]
+            logs = sorted(p.name for p in (self.dir.path / "logs").glob("*.log"))
+            shutil.rmtree(self.dir.path)
+            self.removed.insert(0, f"{self.dir.path} (state, data of {', '.join(what) or 'no node'}, "
+                                   f"{len(logs)} log file{'s' * (len(logs) != 1)})")  # fmt: skip
+            root = self.dir.root
+            if made_root and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
+                self.removed.append(f"{root} (made by this cluster's up, now empty)")
             self._st = None
         else:
             self.save()
@@ -341,20 +522,63 @@ class Cluster:
             for v in views:
                 if v.state != "stopped":
                     v.cpu, v.rss = self.launcher.usage(st.nodes[v.name])
-        voters: list[str] = []
         leader_views = [v for v in views if v.role == "leader"]
         leader = max(leader_views, key=lambda v: v.term).name if leader_views else ""
         term = max((v.term for v in views), default=0)
+        if st.engine != "builtin" and any(v.role for v in views):
+            await self._etcd_membership(views, timeout)
         src = next((v for v in views if v.name == leader), None) or next(
             (v for v in views if v.extra.get("voters")), None
         )
-        if src is not None and src.extra.get("voters"):
-            voters = list(src.extra["voters"])
-        if not voters:
-            voters = [v.name for v in views if not v.learner] if any(v.role for v in views) else names
+        reported: list[str] = list(src.extra.get("voters") or []) if src is not None else []
         for v in views:
             v.learner = v.learner or bool(src and v.name in (src.extra.get("learners") or []))
-        return ClusterView(st.name, st.engine, views, voters, leader, term)
+        voters = st.voter_names()
+        warnings = self._disagreements(views, voters, leader, reported)
+        return ClusterView(st.name, st.engine, views, voters, leader, term, reported, warnings)
+
+    async def _etcd_membership(self, views: list[NodeView], timeout: float) -> None:
+        """Real etcd reports no voter list in its status: ask for the member list once."""
+        try:
+            async with self.client([v.name for v in views if v.role], timeout=timeout) as c:
+                ml = await c.members()
+        except ClientError:
+            return
+        by_id = {r.member_id: n for n, r in self.st.nodes.items() if r.member_id}
+        voters = [m.name or by_id.get(f"{m.ID:x}", f"{m.ID:x}") for m in ml.members if not m.isLearner]
+        learners = [m.name or by_id.get(f"{m.ID:x}", f"{m.ID:x}") for m in ml.members if m.isLearner]
+        for v in views:
+            if v.role:
+                v.extra["voters"], v.extra["learners"] = voters, learners
+
+    def _disagreements(self, views: list[NodeView], voters: list[str], leader: str, reported: list[str]) -> list[str]:
+        """What the nodes say that the state file does not: another cluster id, another membership."""
+        st = self.st
+        configured = set(st.live_names())
+        warnings = []
+        for v in views:
+            if v.cluster_id and st.cluster_id and v.cluster_id != st.cluster_id:
+                v.problem = f"cluster {v.cluster_id}, not {st.cluster_id}"
+                warnings.append(
+                    f"{v.name} answers as a member of cluster {v.cluster_id}, but the state file says "
+                    f"{st.cluster_id}: its data dir {self.dir.data_dir(v.name)} belongs to another cluster"
+                )
+                continue
+            members = v.extra.get("voters")
+            if members and st.engine == "builtin":
+                seen = set(members) | set(v.extra.get("learners") or [])
+                if seen != configured:
+                    v.problem = "members " + ",".join(sorted(seen))
+                    warnings.append(
+                        f"{v.name} sees members {', '.join(sorted(seen))}; the state file has "
+                        f"{', '.join(sorted(configured))}"
+                    )
+        if leader and reported and set(reported) != set(voters):
+            warnings.append(
+                f"the leader {leader} counts voters {', '.join(sorted(reported))}, the state file "
+                f"{', '.join(sorted(voters))}: the quorum line uses the state file's {len(voters)}"
+            )
+        return warnings
 
     async def _node_view(self, c: Client, name: str, ids: dict[str, str]) -> NodeView:
         rec = self.st.nodes[name]
@@ -368,7 +592,12 @@ class Cluster:
                 s = await c.admin_status(rec.endpoint, timeout=0.8)
                 v.role, v.term, v.leader = s["role"], s["term"], s["leader"]
                 v.commit, v.applied, v.member_id = s["commit"], s["applied"], s["id"]
+                v.cluster_id = s.get("cluster_id", "")
                 v.learner = name in s.get("learners", [])
+                v.loop_stall_max_ms = s.get("loop_stall_max_ms")
+                v.loop_stall_p99_ms = s.get("loop_stall_p99_ms")
+                alarms = s.get("alarms")
+                v.alarms = [str(a) for a in alarms] if isinstance(alarms, list) else None
                 v.extra = {
                     "voters": s.get("voters", []),
                     "learners": s.get("learners", []),
@@ -381,6 +610,9 @@ class Cluster:
                 s2 = await c.status(rec.endpoint)
                 mid = f"{s2.header.member_id:x}"
                 v.member_id = mid
+                v.cluster_id = f"{s2.header.cluster_id:x}"
+                # etcd lists active alarms in Status.errors ("memberID:… alarm:NOSPACE")
+                v.alarms = sorted({e.rsplit("alarm:", 1)[-1] for e in s2.errors if "alarm:" in e})
                 v.term, v.commit, v.applied = s2.raftTerm, s2.raftIndex, s2.raftAppliedIndex
                 v.role = "leader" if s2.leader == s2.header.member_id else ("follower" if s2.leader else "no-leader")
                 v.leader = ids.get(f"{s2.leader:x}", f"{s2.leader:x}") if s2.leader else ""
@@ -418,8 +650,54 @@ class Cluster:
         if state == "running":
             raise OrchestrateError(f"{name} is already running (pid {rec.pid})")
         self.check_ports([name])
+        self.check_data_dirs([name])
         self.spawn(name)
         self.save()
+
+    async def wait_serving(self, name: str, timeout: float, progress: Callable[[str], None] | None = None) -> float:
+        """Until the node answers on its client port (it replays its WAL first); seconds it took.
+
+        A node that exits meanwhile, or is still silent at the timeout, is a NodeStartError
+        carrying the last lines of its log.
+        """
+        say = progress or (lambda s: None)
+        rec = self.record(name)
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        async with Client([rec.endpoint], timeout=1.0) as c:
+            while True:
+                if self.launcher.process(rec) is None:
+                    code = self.launcher.exit_code(rec)
+                    how = f" with status {code}" if code is not None else ""
+                    raise NodeStartError(self._start_failure(name, f"{name} exited{how} instead of serving"))
+                try:
+                    if self.st.engine == "builtin":
+                        await c.admin_status(rec.endpoint, timeout=1.0)
+                    else:
+                        await c.status(rec.endpoint)
+                    return time.monotonic() - t0
+                except ClientError:
+                    pass
+                waited = time.monotonic() - t0
+                if time.monotonic() >= deadline:
+                    raise NodeStartError(self._start_failure(
+                        name, f"{name} (pid {rec.pid}) is not serving after {waited:.0f}s; it is left running "
+                              f"(`orchestrate stop {name}` stops it)"))  # fmt: skip
+                last = next((ln for ln in reversed(self._this_run_log(name)) if ln.strip()), "")
+                said = f": {last[-100:]}" if last else ""
+                say(f"{name} starting (pid {rec.pid}, {waited:.0f}s; replaying its WAL){said}")
+                await asyncio.sleep(0.2)
+
+    def _start_failure(self, name: str, what: str) -> str:
+        tail = [ln for ln in self._this_run_log(name) if ln.strip()][-8:]
+        lines = [f"{what}; last lines of {self.dir.log_file(name)}:"]
+        return "\n".join(lines + ([f"    {t}" for t in tail] or ["    (nothing logged)"]))
+
+    def _this_run_log(self, name: str) -> list[str]:
+        """The log lines since the launcher's last '=== … starting:' marker (this start only)."""
+        lines = self.log_tail(name, 200)
+        marks = [i for i, ln in enumerate(lines) if ln.startswith("=== ")]
+        return lines[marks[-1] + 1 :] if marks else lines
 
     def stop_node(self, name: str) -> None:
         rec = self.record(name)
@@ -487,7 +765,7 @@ class Cluster:
         used_p = {r.peer_port for r in st.nodes.values()}
         while base_c + idx in used_c or base_p + idx in used_p:
             idx += 1
-        rec = NodeRecord(name, base_c + idx, base_p + idx, first.host, first.address)
+        rec = NodeRecord(name, base_c + idx, base_p + idx, first.host, first.address, learner=not voter)
         if name in st.nodes:
             shutil.rmtree(self.dir.data_dir(name), ignore_errors=True)
         st.nodes[name] = rec
@@ -512,6 +790,8 @@ class Cluster:
             self.save()
             if not voter:
                 await self._promote(c, name, resp.member.ID, timeout)
+                rec.learner = False
+                self.save()
         await self.wait_caught_up(name, timeout)
         return await self.wait_ready(timeout)
 

@@ -6,8 +6,10 @@ the line it came from; unknown keys are rejected with a did-you-mean.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,21 @@ import yaml
 ENGINES = ("builtin", "etcd")
 NETWORKS = ("local", "netns")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+COMPACTION_MODES = ("periodic", "revision")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 MAX_NODES = 99
 
 
 class ConfigError(Exception):
     """A cluster definition that cannot be used; the message says where and why."""
+
+
+class FieldError(ValueError):
+    """One field's value is wrong; `index` points at the bad item of a list (for the YAML line)."""
+
+    def __init__(self, msg: str, index: int | None = None) -> None:
+        super().__init__(msg)
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,18 @@ class Host:
     @property
     def local(self) -> bool:
         return self.name in ("localhost", "127.0.0.1", "local")
+
+
+# Revision mode keeping the last 10000 revisions: the history (and so each node's memory, snapshots
+# and data dir) stays bounded under any long load, while watchers and `get --rev` still reach back
+# 10000 changes. etcd's own default is no compaction at all, which grows without bound.
+DEFAULT_COMPACTION_MODE = "revision"
+DEFAULT_COMPACTION_RETENTION = "10000"
+DEFAULT_PERIODIC_RETENTION = "1h"  # when mode is periodic and no retention is given
+# The NOSPACE alarm fires past this many bytes of keyspace (etcd's --quota-backend-bytes; 0 = the
+# engine's default of 2 GiB). 256 MiB caps the in-memory store of each node of a lab cluster.
+DEFAULT_QUOTA_BACKEND_BYTES = 256 << 20
+MAX_QUOTA_BACKEND_BYTES = 8 << 30
 
 
 @dataclass(frozen=True)
@@ -52,7 +75,17 @@ class ClusterConfig:
     snapshot_count: int = 10_000
     data_dir: str = ".quorumlab"
     log_level: str = "info"
+    compaction_mode: str = DEFAULT_COMPACTION_MODE
+    compaction_retention: str = ""  # "" = the mode's default (10000 revisions, or 1h when periodic)
+    quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
     source: str = "<defaults>"
+
+    @property
+    def retention(self) -> str:
+        """The retention handed to the nodes (etcd's --auto-compaction-retention)."""
+        if self.compaction_retention:
+            return self.compaction_retention
+        return DEFAULT_PERIODIC_RETENTION if self.compaction_mode == "periodic" else DEFAULT_COMPACTION_RETENTION
 
     def node_index(self, name: str) -> int:
         return self.nodes.index(name)
@@ -67,10 +100,235 @@ class ClusterConfig:
         return self.hosts[self.node_index(name) % len(self.hosts)]
 
     def with_nodes(self, n: int | list[str]) -> ClusterConfig:
-        names = tuple(n) if isinstance(n, list) else tuple(f"n{i}" for i in range(1, n + 1))
+        try:
+            names = v_nodes(n)
+        except FieldError as e:
+            raise ConfigError(f"{self.source}: nodes: {e}") from None
         cfg = replace(self, nodes=names)
         check_ports(cfg, self.source)
         return cfg
+
+
+# -- one validator per field: cluster.yaml and the command-line flags both call these ---------------
+def _int_in(v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise FieldError(f"expected an integer in {lo}..{hi}, got {v!r}")
+    if not lo <= v <= hi:
+        raise FieldError(f"expected an integer in {lo}..{hi}, got {v}")
+    return v
+
+
+def _one_of(v: Any, choices: tuple[str, ...]) -> str:
+    if v not in choices:
+        hint = difflib.get_close_matches(str(v), choices, 1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise FieldError(f"expected one of {', '.join(choices)}, got {v!r}{extra}")
+    return str(v)
+
+
+def v_name(v: Any) -> str:
+    if not isinstance(v, str) or not NAME_RE.match(v):
+        raise FieldError(f"expected a lowercase name like 'lab1' (a-z, 0-9, -), got {v!r}")
+    return v
+
+
+def v_node_names(names: list[Any]) -> tuple[str, ...]:
+    out: list[str] = []
+    for i, v in enumerate(names):
+        if not isinstance(v, str) or not NAME_RE.match(v):
+            raise FieldError(f"expected node names like n1 (a-z, 0-9, -), got {v!r}", i)
+        if v in out:
+            raise FieldError(f"node {v!r} listed twice", i)
+        out.append(v)
+    if not out:
+        raise FieldError("expected at least one node")
+    if len(out) > MAX_NODES:
+        raise FieldError(f"at most {MAX_NODES} nodes")
+    return tuple(out)
+
+
+def v_nodes(v: Any) -> tuple[str, ...]:
+    """A count (n1..nN) or a list of names."""
+    if isinstance(v, list | tuple):
+        return v_node_names(list(v))
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_NODES:
+        raise FieldError(f"expected a node count 1..{MAX_NODES} or a list of names, got {v!r}")
+    return tuple(f"n{i}" for i in range(1, v + 1))
+
+
+def v_engine(v: Any) -> str:
+    return _one_of(v, ENGINES)
+
+
+def v_network(v: Any) -> str:
+    return _one_of(v, NETWORKS)
+
+
+def v_log_level(v: Any) -> str:
+    return _one_of(v, LOG_LEVELS)
+
+
+def v_data_dir(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise FieldError(f"expected a directory path, got {v!r}")
+    return v
+
+
+def v_snapshot_count(v: Any) -> int:
+    return _int_in(v, 10, 10_000_000)
+
+
+def v_port(v: Any) -> int:
+    return _int_in(v, 1024, 65000)
+
+
+def v_heartbeat_ms(v: Any) -> int:
+    return _int_in(v, 10, 10_000)
+
+
+def v_election_ms(v: Any) -> int:
+    return _int_in(v, 20, 100_000)
+
+
+def v_compaction_mode(v: Any) -> str:
+    return _one_of(v, COMPACTION_MODES)
+
+
+_DURATION_RE = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")
+
+
+def v_compaction_retention(v: Any) -> str:
+    """etcd's --auto-compaction-retention: revisions to keep, or (periodic) a duration like 1h / 30m."""
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return str(v)
+    if isinstance(v, str) and (v.isdigit() or _DURATION_RE.match(v)):
+        return v
+    raise FieldError(f"expected a revision count (e.g. 10000) or a duration (e.g. 1h, 30m; 0 = off), got {v!r}")
+
+
+_SIZE_RE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
+_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+
+
+def v_quota_backend_bytes(v: Any) -> int:
+    """etcd's --quota-backend-bytes: bytes (or 256MiB, 2GiB), 0 for the engine's default of 2 GiB."""
+    n: int | None = None
+    if isinstance(v, int) and not isinstance(v, bool):
+        n = v
+    elif isinstance(v, str) and (m := _SIZE_RE.match(v.strip())):
+        n = int(m.group(1)) * _UNITS[m.group(2) or ""]
+    if n is None or not 0 <= n <= MAX_QUOTA_BACKEND_BYTES:
+        raise FieldError(
+            f"expected a size in bytes up to 8GiB (e.g. 268435456 or 256MiB; 0 = the engine's default), got {v!r}"
+        )
+    return n
+
+
+@dataclass(frozen=True)
+class Field:
+    attr: str  # ClusterConfig attribute
+    key: str  # cluster.yaml key (dotted for nested ones)
+    flag: str  # `orchestrate up` flag
+    check: Callable[[Any], Any]
+
+
+FIELDS = {
+    f.attr: f
+    for f in (
+        Field("name", "name", "--name", v_name),
+        Field("nodes", "nodes", "--nodes", v_nodes),
+        Field("engine", "engine", "--engine", v_engine),
+        Field("network", "network", "--net", v_network),
+        Field("log_level", "log_level", "--log-level", v_log_level),
+        Field("data_dir", "data_dir", "--root", v_data_dir),
+        Field("snapshot_count", "snapshot_count", "--snapshot-count", v_snapshot_count),
+        Field("client_port", "ports.client", "--client-port", v_port),
+        Field("peer_port", "ports.peer", "--peer-port", v_port),
+        Field("heartbeat_ms", "timeouts.heartbeat_ms", "--heartbeat-ms", v_heartbeat_ms),
+        Field("election_ms", "timeouts.election_ms", "--election-ms", v_election_ms),
+        Field("compaction_mode", "compaction.mode", "--auto-compaction-mode", v_compaction_mode),
+        Field("compaction_retention", "compaction.retention", "--auto-compaction-retention", v_compaction_retention),
+        Field("quota_backend_bytes", "quota_backend_bytes", "--quota-backend-bytes", v_quota_backend_bytes),
+    )
+}
+
+
+def cross_check(cfg: ClusterConfig) -> tuple[str, str] | None:
+    """Rules between fields: (the attribute to blame, the message), or None when consistent."""
+    if cfg.election_ms < 2 * cfg.heartbeat_ms:
+        return "election_ms", (
+            f"election_ms ({cfg.election_ms}) must be at least twice heartbeat_ms "
+            f"({cfg.heartbeat_ms}); etcd recommends 10x"
+        )
+    if cfg.compaction_mode == "revision" and not cfg.retention.isdigit():
+        return "compaction_retention", (
+            f"with compaction mode revision the retention is a revision count (e.g. 10000), got {cfg.retention!r}"
+        )
+    return _ports_problem(cfg)
+
+
+def _ports_problem(cfg: ClusterConfig) -> tuple[str, str] | None:
+    n = len(cfg.nodes)
+    c0, c1 = cfg.client_port, cfg.client_port + n - 1
+    p0, p1 = cfg.peer_port, cfg.peer_port + n - 1
+    if c1 > 65535 or p1 > 65535:
+        return "ports", f"{n} nodes do not fit below port 65535"
+    if c0 <= p1 and p0 <= c1:
+        return "ports", f"client ports {c0}-{c1} overlap peer ports {p0}-{p1}; move ports.peer out of the client range"
+    return None
+
+
+def _coerce(raw: str) -> Any:
+    """A flag's text as YAML would have typed it: integers become ints, everything else stays text."""
+    return int(raw) if re.fullmatch(r"[+-]?\d+", raw.strip()) else raw
+
+
+def nodes_from_flag(raw: str) -> Any:
+    """`--nodes 5` is a count, `--nodes a,b,c` a list of names (`--nodes ,` an empty list)."""
+    v = _coerce(raw)
+    if isinstance(v, int):
+        return v
+    return [x.strip() for x in raw.split(",") if x.strip()]
+
+
+def from_flag(attr: str, raw: str) -> Any:
+    """A flag's text checked by the field's validator (the one cluster.yaml uses); FieldError if bad."""
+    return FIELDS[attr].check(nodes_from_flag(raw) if attr == "nodes" else _coerce(raw))
+
+
+def flag_type(attr: str) -> Callable[[str], Any]:
+    """An argparse `type=` for a field: the same validator and message as the YAML key."""
+
+    def convert(raw: str) -> Any:
+        try:
+            return from_flag(attr, raw)
+        except FieldError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = attr
+    return convert
+
+
+def apply_flags(cfg: ClusterConfig, flags: dict[str, Any]) -> ClusterConfig:
+    """Override fields from the command line (text or values from flag_type), checked like cluster.yaml."""
+    over: dict[str, Any] = {}
+    for attr, raw in flags.items():
+        if raw is None:
+            continue
+        f = FIELDS[attr]
+        try:
+            over[attr] = from_flag(attr, raw) if isinstance(raw, str) else f.check(raw)
+        except FieldError as e:
+            raise ConfigError(f"{f.flag}: {e}") from None
+    if not over:
+        return cfg
+    cfg = replace(cfg, **over)
+    bad = cross_check(cfg)
+    if bad is not None:
+        attr, msg = bad
+        where = {"ports": "--client-port/--peer-port", "election_ms": "--election-ms/--heartbeat-ms"}
+        raise ConfigError(f"{where.get(attr) or FIELDS[attr].flag}: {msg}")
+    return cfg
 
 
 def _err(src: str, node: yaml.Node | None, fieldname: str, msg: str) -> ConfigError:
@@ -90,21 +348,18 @@ def _kind(node: yaml.Node) -> str:
 
 
 def _int(src: str, node: yaml.Node, fieldname: str, lo: int, hi: int) -> int:
-    v = _scalar(src, node, fieldname)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _err(src, node, fieldname, f"expected an integer in {lo}..{hi}, got {v!r}")
-    if not lo <= v <= hi:
-        raise _err(src, node, fieldname, f"expected an integer in {lo}..{hi}, got {v}")
-    return v
+    try:
+        return _int_in(_scalar(src, node, fieldname), lo, hi)
+    except FieldError as e:
+        raise _err(src, node, fieldname, str(e)) from None
 
 
-def _choice(src: str, node: yaml.Node, fieldname: str, choices: tuple[str, ...]) -> str:
-    v = _scalar(src, node, fieldname)
-    if v not in choices:
-        hint = difflib.get_close_matches(str(v), choices, 1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise _err(src, node, fieldname, f"expected one of {', '.join(choices)}, got {v!r}{extra}")
-    return str(v)
+def _field(src: str, node: yaml.Node, attr: str) -> Any:
+    f = FIELDS[attr]
+    try:
+        return f.check(_scalar(src, node, f.key))
+    except FieldError as e:
+        raise _err(src, node, f.key, str(e)) from None
 
 
 def _mapping(src: str, node: yaml.Node, fieldname: str, allowed: tuple[str, ...]) -> dict[str, yaml.Node]:
@@ -133,6 +388,8 @@ TOP_KEYS = (
     "ports",
     "timeouts",
     "snapshot_count",
+    "compaction",
+    "quota_backend_bytes",
     "data_dir",
     "log_level",
 )
@@ -144,78 +401,49 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{src}{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        why = getattr(e, "problem", None) or getattr(e, "reason", None) or e
+        raise ConfigError(f"{src}{line}: not valid YAML: {' '.join(str(why).split())}") from None
     if root is None:
         return ClusterConfig(source=src)
     top = _mapping(src, root, "", TOP_KEYS)
     kw: dict[str, Any] = {"source": src}
-    if "name" in top:
-        v = _scalar(src, top["name"], "name")
-        if not isinstance(v, str) or not NAME_RE.match(v):
-            raise _err(src, top["name"], "name", f"expected a lowercase name like 'lab1' (a-z, 0-9, -), got {v!r}")
-        kw["name"] = v
+    for attr in ("name", "engine", "network", "log_level", "data_dir", "snapshot_count", "quota_backend_bytes"):
+        if FIELDS[attr].key in top:
+            kw[attr] = _field(src, top[FIELDS[attr].key], attr)
     if "nodes" in top:
         kw["nodes"] = _nodes(src, top["nodes"])
-    if "engine" in top:
-        kw["engine"] = _choice(src, top["engine"], "engine", ENGINES)
-    if "network" in top:
-        kw["network"] = _choice(src, top["network"], "network", NETWORKS)
-    if "log_level" in top:
-        kw["log_level"] = _choice(src, top["log_level"], "log_level", LOG_LEVELS)
-    if "data_dir" in top:
-        v = _scalar(src, top["data_dir"], "data_dir")
-        if not isinstance(v, str) or not v:
-            raise _err(src, top["data_dir"], "data_dir", f"expected a directory path, got {v!r}")
-        kw["data_dir"] = v
-    if "snapshot_count" in top:
-        kw["snapshot_count"] = _int(src, top["snapshot_count"], "snapshot_count", 10, 10_000_000)
-    if "ports" in top:
-        ports = _mapping(src, top["ports"], "ports", ("client", "peer"))
-        if "client" in ports:
-            kw["client_port"] = _int(src, ports["client"], "ports.client", 1024, 65000)
-        if "peer" in ports:
-            kw["peer_port"] = _int(src, ports["peer"], "ports.peer", 1024, 65000)
-    if "timeouts" in top:
-        t = _mapping(src, top["timeouts"], "timeouts", ("heartbeat_ms", "election_ms"))
-        if "heartbeat_ms" in t:
-            kw["heartbeat_ms"] = _int(src, t["heartbeat_ms"], "timeouts.heartbeat_ms", 10, 10_000)
-        if "election_ms" in t:
-            kw["election_ms"] = _int(src, t["election_ms"], "timeouts.election_ms", 20, 100_000)
+    sections = {"ports": ("client_port", "peer_port"), "timeouts": ("heartbeat_ms", "election_ms"),
+                "compaction": ("compaction_mode", "compaction_retention")}  # fmt: skip
+    for section, attrs in sections.items():
+        if section in top:
+            sub = _mapping(src, top[section], section, tuple(FIELDS[a].key.split(".")[1] for a in attrs))
+            for a in attrs:
+                k = FIELDS[a].key.split(".")[1]
+                if k in sub:
+                    kw[a] = _field(src, sub[k], a)
     if "hosts" in top:
         kw["hosts"] = _hosts(src, top["hosts"])
     cfg = ClusterConfig(**kw)
-    if cfg.election_ms < 2 * cfg.heartbeat_ms:
-        node = top.get("timeouts")
-        raise _err(
-            src,
-            node,
-            "timeouts",
-            f"election_ms ({cfg.election_ms}) must be at least twice heartbeat_ms "
-            f"({cfg.heartbeat_ms}); etcd recommends 10x",
-        )
-    check_ports(cfg, src, top.get("ports"))
+    bad = cross_check(cfg)
+    if bad is not None:
+        attr, msg = bad
+        key = attr if attr == "ports" else FIELDS[attr].key.split(".")[0]
+        raise _err(src, top.get(key), key if attr != "compaction_retention" else "compaction.retention", msg)
     return cfg
 
 
 def _nodes(src: str, node: yaml.Node) -> tuple[str, ...]:
     if isinstance(node, yaml.SequenceNode):
-        names: list[str] = []
-        for item in node.value:
-            v = _scalar(src, item, "nodes")
-            if not isinstance(v, str) or not NAME_RE.match(v):
-                raise _err(src, item, "nodes", f"expected node names like n1 (a-z, 0-9, -), got {v!r}")
-            if v in names:
-                raise _err(src, item, "nodes", f"node {v!r} listed twice")
-            names.append(v)
-        if not names:
-            raise _err(src, node, "nodes", "expected at least one node")
-        if len(names) > MAX_NODES:
-            raise _err(src, node, "nodes", f"at most {MAX_NODES} nodes")
-        return tuple(names)
-    n = _scalar(src, node, "nodes")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NODES:
-        raise _err(src, node, "nodes", f"expected a node count 1..{MAX_NODES} or a list of names, got {n!r}")
-    return tuple(f"n{i}" for i in range(1, n + 1))
+        items = [_scalar(src, item, "nodes") for item in node.value]
+        try:
+            return v_node_names(items)
+        except FieldError as e:
+            at = node.value[e.index] if e.index is not None else node
+            raise _err(src, at, "nodes", str(e)) from None
+    try:
+        return v_nodes(_scalar(src, node, "nodes"))
+    except FieldError as e:
+        raise _err(src, node, "nodes", str(e)) from None
 
 
 def _hosts(src: str, node: yaml.Node) -> tuple[Host, ...]:
@@ -248,18 +476,9 @@ def _hosts(src: str, node: yaml.Node) -> tuple[Host, ...]:
 
 
 def check_ports(cfg: ClusterConfig, src: str, node: yaml.Node | None = None) -> None:
-    n = len(cfg.nodes)
-    c0, c1 = cfg.client_port, cfg.client_port + n - 1
-    p0, p1 = cfg.peer_port, cfg.peer_port + n - 1
-    if c1 > 65535 or p1 > 65535:
-        raise _err(src, node, "ports", f"{n} nodes do not fit below port 65535")
-    if c0 <= p1 and p0 <= c1:
-        raise _err(
-            src,
-            node,
-            "ports",
-            f"client ports {c0}-{c1} overlap peer ports {p0}-{p1}; move ports.peer out of the client range",
-        )
+    bad = _ports_problem(cfg)
+    if bad is not None:
+        raise _err(src, node, bad[0], bad[1])
 
 
 def load(path: Path | None) -> ClusterConfig:
@@ -270,7 +489,13 @@ def load(path: Path | None) -> ClusterConfig:
             return ClusterConfig()
         path = default
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
     return parse(text, str(path))

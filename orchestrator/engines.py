@@ -30,7 +30,15 @@ def command(
     members: list[str],
     python: str = sys.executable,
 ) -> list[str]:
+    if not data_dir.is_absolute():
+        raise EngineError(f"a node's data dir must be an absolute path, not {data_dir}")
     ic = initial_cluster(st, members)
+    # etcd's flag names for both engines (the builtin node takes the same ones)
+    limits = [
+        "--auto-compaction-mode", st.compaction_mode,
+        "--auto-compaction-retention", st.compaction_retention,
+        "--quota-backend-bytes", str(st.quota_backend_bytes),
+    ]  # fmt: skip
     if st.engine == "builtin":
         return [
             python, "-m", "node",
@@ -45,6 +53,7 @@ def command(
             "--election-timeout", str(st.election_ms),
             "--snapshot-count", str(st.snapshot_count),
             "--log-level", st.log_level,
+            *limits,
             "--enable-fault-injection",
         ]  # fmt: skip
     if st.engine == "etcd":
@@ -64,6 +73,7 @@ def command(
             "--heartbeat-interval", str(st.heartbeat_ms),
             "--election-timeout", str(st.election_ms),
             "--snapshot-count", str(st.snapshot_count),
+            *limits,
             "--logger", "zap",
             "--log-level", level,
         ]  # fmt: skip

@@ -20,6 +20,17 @@ SORT_TARGETS = {"KEY": 0, "VERSION": 1, "CREATE": 2, "MODIFY": 3, "VALUE": 4}
 SORT_ORDERS = {"ASCEND": 1, "DESCEND": 2}
 
 
+def lease_id(raw: str) -> int:
+    """A lease id as etcdctl prints it (hex); argparse turns the error into one line."""
+    try:
+        v = int(raw, 16)
+    except ValueError:
+        v = -1
+    if not 0 <= v < 1 << 63 or not raw.strip():
+        raise argparse.ArgumentTypeError(f"bad lease id {raw!r}: expected a hexadecimal id like 694d77aa5e8a8c0d")
+    return v
+
+
 def _client(ctx: Ctx) -> Client:
     return ctx.cluster().client(timeout=5.0)
 
@@ -37,7 +48,7 @@ def _kv_json(kv: Any) -> dict[str, Any]:
 
 async def kv_put(ctx: Ctx, a: argparse.Namespace) -> int:
     async with _client(ctx) as c:
-        r = await c.put(a.key, a.value, lease=int(a.lease, 16) if a.lease else 0, prev_kv=a.prev_kv)
+        r = await c.put(a.key, a.value, lease=a.lease or 0, prev_kv=a.prev_kv)
     print("OK")
     if a.prev_kv and r.HasField("prev_kv"):
         print(r.prev_kv.key.decode(errors="replace"))
@@ -185,19 +196,20 @@ async def lease_cmd(ctx: Ctx, a: argparse.Namespace) -> int:
             r = await c.lease_grant(a.ttl)
             print(f"lease {r.ID:016x} granted with TTL({r.TTL}s)")
         elif a.lease_cmd == "revoke":
-            await c.lease_revoke(int(a.id, 16))
-            print(f"lease {a.id} revoked")
+            await c.lease_revoke(a.id)
+            print(f"lease {a.id:016x} revoked")
         elif a.lease_cmd == "ttl":
-            t = await c.lease_ttl(int(a.id, 16), keys=a.keys)
+            t = await c.lease_ttl(a.id, keys=a.keys)
             if t.TTL == -1:
-                print(f"lease {a.id} already expired")
+                print(f"lease {a.id:016x} already expired")
             else:
                 keys = ", ".join(k.decode(errors="replace") for k in t.keys)
-                print(f"lease {a.id} granted with TTL({t.grantedTTL}s), remaining({t.TTL}s)"
+                print(f"lease {a.id:016x} granted with TTL({t.grantedTTL}s), remaining({t.TTL}s)"
                       + (f", attached keys([{keys}])" if a.keys else ""))  # fmt: skip
         elif a.lease_cmd == "keepalive":
-            ttl = await c.lease_keepalive_once(int(a.id, 16))
-            print(f"lease {a.id} keepalived with TTL({ttl})" if ttl > 0 else f"lease {a.id} expired or revoked.")
+            ttl = await c.lease_keepalive_once(a.id)
+            lid = f"{a.id:016x}"
+            print(f"lease {lid} keepalived with TTL({ttl})" if ttl > 0 else f"lease {lid} expired or revoked.")
         elif a.lease_cmd == "list":
             ids = await c.leases()
             print(f"found {len(ids)} leases")
@@ -206,13 +218,19 @@ async def lease_cmd(ctx: Ctx, a: argparse.Namespace) -> int:
     return 0
 
 
+def _ttl(raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a TTL in whole seconds > 0, got {raw!r}")
+    return int(raw)
+
+
 def add_parsers(sub: Any) -> None:
     kv = sub.add_parser("kv", help="etcdctl-like key-value commands against the running cluster")
     ks = kv.add_subparsers(dest="kv_cmd", required=True, metavar="KVCOMMAND")
     put = ks.add_parser("put", help="put KEY VALUE")
     put.add_argument("key")
     put.add_argument("value")
-    put.add_argument("--lease", help="lease id (hex)")
+    put.add_argument("--lease", type=lease_id, help="lease id (hex)")
     put.add_argument("--prev-kv", action="store_true")
     put.set_defaults(fn=kv_put)
     get = ks.add_parser("get", help="get KEY [RANGE_END]")
@@ -247,10 +265,10 @@ def add_parsers(sub: Any) -> None:
     lease = sub.add_parser("lease", help="lease grant / revoke / ttl / keepalive / list")
     ls = lease.add_subparsers(dest="lease_cmd", required=True, metavar="LEASECOMMAND")
     g = ls.add_parser("grant")
-    g.add_argument("ttl", type=int)
+    g.add_argument("ttl", type=_ttl, help="seconds")
     for name in ("revoke", "ttl", "keepalive"):
         sp = ls.add_parser(name)
-        sp.add_argument("id", help="lease id (hex)")
+        sp.add_argument("id", type=lease_id, help="lease id (hex)")
         if name == "ttl":
             sp.add_argument("--keys", action="store_true")
     ls.add_parser("list")

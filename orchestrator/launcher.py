@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import site
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +19,28 @@ import psutil
 
 from .state import NodeRecord
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def package_root() -> Path:
+    """The directory our packages (`node`, `orchestrator`) were imported from."""
+    return Path(__file__).resolve().parent.parent
+
+
+def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a node: `python -m node` must import the same code as this orchestrator.
+
+    An installed package (site-packages) needs nothing; a source checkout run without an install
+    (`python -m orchestrator` from the repo) gets its root prepended to PYTHONPATH, since a node's
+    cwd is its own directory, never the repo.
+    """
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    root = str(package_root())
+    site_dirs = {os.path.realpath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if os.path.realpath(root) not in site_dirs:
+        parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if root not in parts:
+            env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    return env
 
 
 class LocalLauncher:
@@ -27,19 +49,21 @@ class LocalLauncher:
         # psutil measures CPU between two calls on the same Process object: keep them
         self._procs: dict[tuple[int, float], psutil.Process] = {}
 
-    def start(self, cmd: list[str], log: Path, netns: str = "") -> tuple[int, float]:
+    def start(self, cmd: list[str], log: Path, cwd: Path, netns: str = "") -> tuple[int, float]:
+        """Start a node with absolute paths only, in its own directory `cwd` (created 0700 if missing)."""
+        if not (log.is_absolute() and cwd.is_absolute()):
+            raise ValueError(f"a node gets absolute paths only, not {log} / {cwd}")
         log.parent.mkdir(parents=True, exist_ok=True)
+        cwd.mkdir(mode=0o700, parents=True, exist_ok=True)
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-        env["PYTHONUNBUFFERED"] = "1"
+        env = child_env()
         with open(log, "ab") as out:
             out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
             out.flush()
             p = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                cwd=REPO_ROOT, env=env,
+                cwd=cwd, env=env,
             )  # fmt: skip
         self._children[p.pid] = p
         try:
@@ -47,6 +71,11 @@ class LocalLauncher:
         except psutil.Error:
             ct = 0.0
         return p.pid, ct
+
+    def exit_code(self, rec: NodeRecord) -> int | None:
+        """The exit status of a node this launcher started and that has exited, else None."""
+        child = self._children.get(rec.pid)
+        return child.poll() if child is not None else None
 
     def process(self, rec: NodeRecord) -> psutil.Process | None:
         """Our node's process, or None if it is gone (or the pid now belongs to someone else)."""

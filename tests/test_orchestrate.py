@@ -14,10 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from orchestrator.cluster import Cluster, ClusterView, NodeView, OrchestrateError
 from orchestrator.config import ConfigError, parse
 from orchestrator.ports import port_block
+from orchestrator.state import ClusterState, NodeRecord
 from tests.procs import REPO
 
 
@@ -26,11 +29,12 @@ class Orch:
         self.root, self.name = root, name
         self.client_port = port_block(nodes_max)
         self.peer_port = port_block(nodes_max)
+        self.cwd = root.parent  # never the repo: the CLI must work from anywhere
 
     def __call__(self, *args: str, stdin: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "orchestrator", "--root", str(self.root), "--name", self.name, *args]
-        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, input=stdin, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+        return subprocess.run(cmd, cwd=self.cwd, capture_output=True, text=True, input=stdin, timeout=timeout,
+                              stdin=None if stdin is not None else subprocess.DEVNULL)  # fmt: skip
 
     def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return self("up", "--client-port", str(self.client_port), "--peer-port", str(self.peer_port),
@@ -58,9 +62,15 @@ class Orch:
             return []
         return [r["pid"] for r in json.loads(f.read_text())["nodes"].values() if r["pid"]]
 
+    def node_procs(self) -> list[int]:
+        """Every live process whose command line names this cluster's state dir (whatever the state file says)."""
+        mine = str(self.root / self.name) + "/"
+        return [p.pid for p in psutil.process_iter(["cmdline"])
+                if any(mine in a for a in (p.info["cmdline"] or [])) and p.pid != os.getpid()]  # fmt: skip
+
     def cleanup(self) -> None:
         self("down", "--purge", timeout=60)
-        for pid in self.pids():
+        for pid in self.pids() + self.node_procs():
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -99,6 +109,8 @@ def test_config_errors_name_file_line_and_field() -> None:
         parse("engine: etdc\n", "c.yaml")
     with pytest.raises(ConfigError, match=r"c\.yaml:3: ports.client: expected an integer"):
         parse("nodes: 3\nports:\n  client: lots\n", "c.yaml")
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: compaction.mode: expected one of periodic, revision"):
+        parse("compaction: {mode: hourly}\n", "c.yaml")
     with pytest.raises(ConfigError, match=r"c\.yaml:2: not valid YAML"):
         parse("nodes: 3\n  bad: [indent\n", "c.yaml")
     with pytest.raises(ConfigError, match="overlap"):
@@ -112,7 +124,7 @@ def test_config_errors_name_file_line_and_field() -> None:
 def test_cli_reports_config_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("nodes: 3\nhosts: localhost\n")
-    r = subprocess.run([sys.executable, "-m", "orchestrator", "--config", str(bad), "status"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "--config", str(bad), "status"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=30)  # fmt: skip
     assert r.returncode == 2
     assert f"{bad}:2: hosts: expected a non-empty list of hosts" in r.stderr
@@ -127,6 +139,20 @@ def test_up_status_kill_pause_stop_kv_down(orch: Callable[..., Orch]) -> None:
     st = o.status()
     assert st["n"] == 3 and st["quorum"] == 2 and st["fault_tolerance"] == 1 and st["has_quorum"]
     assert {n["name"] for n in st["nodes"]} == {"n1", "n2", "n3"}
+    assert len({n["cluster_id"] for n in st["nodes"]}) == 1 and st["warnings"] == []
+    for n in st["nodes"]:  # loop stall and alarms per node (the builtin engine reports them)
+        assert n["loop_stall_max_ms"] >= n["loop_stall_p99_ms"] >= 0 and n["alarms"] == []
+    # every node got an absolute data dir, runs in it, and got the compaction/quota defaults
+    for name, rec in json.loads((o.root / "life" / "state.json").read_text())["nodes"].items():
+        data = o.root / "life" / "data" / name
+        assert os.readlink(f"/proc/{rec['pid']}/cwd") == str(data)
+        argv = Path(f"/proc/{rec['pid']}/cmdline").read_bytes().decode().split("\0")
+        assert argv[argv.index("--data-dir") + 1] == str(data)
+        assert argv[argv.index("--auto-compaction-mode") + 1] == "revision"
+        assert argv[argv.index("--auto-compaction-retention") + 1] == "10000"
+        assert argv[argv.index("--quota-backend-bytes") + 1] == str(256 << 20)
+    text = o("status").stdout
+    assert "STALL ms" in text and "ALARMS" in text
     old = st["leader"]
     assert old
 
@@ -146,7 +172,8 @@ def test_up_status_kill_pause_stop_kv_down(orch: Callable[..., Orch]) -> None:
     assert r.returncode == 0 and old in r.stdout
     st = o.wait(lambda s: s["leader"] not in ("", old) and s["has_quorum"])
     assert next(n for n in st["nodes"] if n["name"] == old)["state"] == "stopped"
-    assert o("start", old).returncode == 0
+    r = o("start", old)
+    assert r.returncode == 0 and f"start {old}: serving after" in r.stdout, r.stderr
     o.wait(lambda s: all(n["role"] for n in s["nodes"]))
 
     # pause / resume a follower
@@ -210,20 +237,126 @@ def test_port_in_use_is_refused(orch: Callable[..., Orch]) -> None:
         r = o.up("--nodes", "3")
     assert r.returncode == 2
     assert f"n2 client port 127.0.0.1:{o.client_port + 1}" in r.stderr
-    assert o.pids() == []  # nothing was started
+    assert o.pids() == [] and o.node_procs() == []  # nothing was started
+    assert not o.root.exists(), "a refused up left its state dir (or a .lock) behind"
 
 
-def test_up_times_out_with_a_diagnosis(orch: Callable[..., Orch], tmp_path: Path) -> None:
+def test_up_that_times_out_stops_what_it_started(orch: Callable[..., Orch]) -> None:
     o = orch("slow")
-    # two of three nodes cannot start (their data dirs are files), so no quorum forms
-    for n in ("n2", "n3"):
-        d = o.root / "slow" / "data"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / n).write_text("not a directory")
-    r = o.up("--nodes", "3", "--timeout", "4")
+    r = o.up("--nodes", "3", "--timeout", "0.3")  # the nodes are still booting when the time is up
     assert r.returncode == 2
-    assert "did not become ready within 4s" in r.stderr
-    assert "n2: process stopped" in r.stderr and "last log lines" in r.stderr
+    assert "did not become ready within 0.3s" in r.stderr and "last log lines" in r.stderr
+    # it stopped what it started and says so; no lock, no state, no node left running
+    assert "stopped n1, n2, n3 and removed the new cluster's state and data" in r.stderr, r.stderr
+    assert o.node_procs() == []
+    left = sorted(str(p.relative_to(o.root)) for p in o.root.rglob("*"))
+    assert left == ["slow", "slow/logs", "slow/logs/n1.log", "slow/logs/n2.log", "slow/logs/n3.log"], left
+    r = o("down", "--purge")
+    assert r.returncode == 0 and not (o.root / "slow").exists()
+    assert o.up("--nodes", "3").returncode == 0  # and the next up starts clean
+
+
+def test_up_whose_node_cannot_start_stops_the_others(orch: Callable[..., Orch]) -> None:
+    o = orch("broken")
+    d = o.root / "broken" / "data"
+    d.mkdir(parents=True)
+    (d / "n2").write_text("not a directory")  # not a data dir the check could refuse: a file in its place
+    r = o.up("--nodes", "3", "--timeout", "10")
+    assert r.returncode == 2
+    assert f"cannot start n2: File exists: {d / 'n2'}" in r.stderr
+    assert "stopped n1 and removed the new cluster's state and data" in r.stderr, r.stderr
+    assert o.node_procs() == [] and (d / "n2").read_text() == "not a directory"
+    assert not (o.root / "broken" / "state.json").exists()
+
+
+def test_a_data_dir_of_another_cluster_is_refused(orch: Callable[..., Orch]) -> None:
+    a, b = orch("a"), orch("b")
+    assert a.up("--nodes", "1").returncode == 0
+    assert a("down").returncode == 0
+    foreign = a.root / "a" / "data" / "n1"
+
+    # a new cluster finding another cluster's member in its data dir refuses before starting anything
+    (b.root / "b" / "data").mkdir(parents=True)
+    shutil.copytree(foreign, b.root / "b" / "data" / "n1")
+    r = b.up("--nodes", "1")
+    assert r.returncode == 2
+    d = b.root / "b" / "data" / "n1"
+    assert f"data dir {d} already holds data of member 'n1' of cluster" in r.stderr and f"rm -r {d}" in r.stderr
+    assert b.node_procs() == [] and (d / "member.json").exists(), "refused, and nothing of it was deleted"
+    assert not (b.root / "b" / "state.json").exists()
+
+    # an existing (stopped) cluster whose member's data dir was swapped for another cluster's: start refuses
+    shutil.rmtree(d)
+    assert b.up("--nodes", "1").returncode == 0
+    assert b("stop", "n1").returncode == 0
+    shutil.rmtree(d)
+    shutil.copytree(foreign, d)
+    r = b("start", "n1")
+    assert r.returncode == 2 and f"data dir {d} belongs to cluster" in r.stderr, r.stderr
+    assert b.node_procs() == []
+
+
+def test_status_flags_nodes_that_disagree_with_the_state_file(orch: Callable[..., Orch]) -> None:
+    o, other = orch("main"), orch("other")
+    assert o.up("--nodes", "3").returncode == 0
+    st = o.status()
+    cid = st["nodes"][0]["cluster_id"]
+
+    # a voter added behind orchestrate's back: the quorum line still counts the state file's 3, with a warning
+    ml = subprocess.run(["etcdctl", "--endpoints", f"127.0.0.1:{o.client_port}", "member", "add", "x",
+                         f"--peer-urls=http://127.0.0.1:{o.peer_port + 7}"], capture_output=True, text=True,
+                        timeout=30, env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+    if ml.returncode == 0:
+        st = o.wait(lambda s: len(s["leader_voters"]) == 4)
+        assert (st["n"], st["quorum"]) == (3, 2)
+        assert any("counts voters" in w and "uses the state file's 3" in w for w in st["warnings"]), st["warnings"]
+        xid = ml.stdout.split("Member ")[1].split()[0]
+        subprocess.run(["etcdctl", "--endpoints", f"127.0.0.1:{o.client_port}", "member", "remove", xid],
+                       capture_output=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        o.wait(lambda s: len(s["leader_voters"]) == 3)
+
+    # n3's address now answers as a member of another cluster (its record points at another cluster's node)
+    assert other.up("--nodes", "1").returncode == 0
+    assert o("kill", "n3").returncode == 0
+    f = o.root / "main" / "state.json"
+    state = json.loads(f.read_text())
+    theirs = json.loads((other.root / "other" / "state.json").read_text())["nodes"]["n1"]
+    for k in ("client_port", "peer_port", "pid", "create_time"):
+        state["nodes"]["n3"][k] = theirs[k]
+    state["nodes"]["n3"]["desired"] = "running"
+    f.write_text(json.dumps(state))
+    st = o.status()
+    n3 = next(n for n in st["nodes"] if n["name"] == "n3")
+    assert n3["cluster_id"] != cid and n3["problem"] == f"cluster {n3['cluster_id']}, not {cid}"
+    assert any(w.startswith("n3 answers as a member of cluster") for w in st["warnings"]), st["warnings"]
+    assert (st["n"], st["quorum"]) == (3, 2)
+    text = o("status").stdout
+    assert "n3 !" in text and "warning: n3 answers as a member of cluster" in text
+    state["nodes"]["n3"]["pid"] = 0  # hand n3's port back before cleanup: `down` must not stop the other's node
+    f.write_text(json.dumps(state))
+
+
+def test_start_waits_for_serving_and_fails_with_the_log_on_a_corrupt_wal(orch: Callable[..., Orch]) -> None:
+    o = orch("wal")
+    assert o.up("--nodes", "3").returncode == 0
+    assert o("kv", "put", "k", "v").returncode == 0
+    assert o("stop", "n1").returncode == 0
+    seg = sorted((o.root / "wal" / "data" / "n1" / "wal").glob("*.wal"))[0]
+    with open(seg, "r+b") as fh:
+        fh.write(b"XXXXXXXX")  # the segment's magic: corruption, never a torn tail
+    r = o("start", "n1")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "start n1" not in r.stdout and "Traceback" not in r.stderr.split("last lines of")[0]
+    assert "n1 exited with status 1 instead of serving; last lines of" in r.stderr
+    assert "WAL corrupted at" in r.stderr and str(seg) in r.stderr
+    r = o("restart", "n1")
+    assert r.returncode == 1 and "WAL corrupted at" in r.stderr
+    # n2 and n3 alone have a quorum and take writes, but `up` promises every member: it fails, and says so
+    assert o("down").returncode == 0
+    r = o.up("--nodes", "3", "--timeout", "20")
+    assert r.returncode == 2 and "(n1 exited)" in r.stderr, r.stderr
+    assert "stopped n2, n3; the cluster's data is kept" in r.stderr
+    assert o.node_procs() == []
 
 
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd binary not installed (Debian package etcd-server)")
@@ -238,6 +371,60 @@ def test_etcd_engine_up_status_kill_down(orch: Callable[..., Orch]) -> None:
     assert o("kill", "leader").returncode == 0
     o.wait(lambda s: s["leader"] not in ("", old) and s["has_quorum"])
     assert o("kv", "put", "k", "v").returncode == 0
+    for n in st["nodes"]:
+        assert "loop_stall_max_ms" not in n and n["cluster_id"]  # etcd reports no loop stall: absent, not 0
+    live = next(p for p in o.pids() if _alive(p))
+    argv = Path(f"/proc/{live}/cmdline").read_bytes().decode().split("\0")
+    assert argv[argv.index("--auto-compaction-retention") + 1] == "10000"
+    assert argv[argv.index("--data-dir") + 1].startswith("/")
     pids = o.pids()
     assert o("down", "--purge").returncode == 0
     assert not any(_alive(p) for p in pids)
+
+
+def test_up_checks_one_cluster_and_every_configured_voter(tmp_path: Path) -> None:
+    """The checks `up` waits on, on views made by hand: mixed cluster ids fail at once; missing voters wait."""
+    c = Cluster(tmp_path, "u")
+    st = ClusterState("u", "builtin", "local", "tok", 50, 500, 100, "info")
+    for i, n in enumerate(("n1", "n2", "n3")):
+        st.nodes[n] = NodeRecord(n, 30000 + i, 31000 + i)
+    c._st = st
+
+    def view(ids: list[str], leader_voters: list[str], roles: tuple[str, ...] = ("leader", "follower", "follower")
+             ) -> ClusterView:  # fmt: skip
+        nodes = [NodeView(f"n{i + 1}", "running", role=r, cluster_id=cid) for i, (cid, r) in
+                 enumerate(zip(ids, roles, strict=True))]  # fmt: skip
+        return ClusterView("u", "builtin", nodes, st.voter_names(), "n1", 2, leader_voters)
+
+    c._check_one_cluster(view(["a", "a", "a"], ["n1", "n2", "n3"]))
+    with pytest.raises(OrchestrateError, match=rf"n3: cluster b \({tmp_path / 'u' / 'data' / 'n3'}\)"):
+        c._check_one_cluster(view(["a", "a", "b"], ["n1", "n2", "n3"]))
+    st.cluster_id = "b"  # recorded by an earlier up: the state file decides who is odd
+    with pytest.raises(OrchestrateError, match="n1: cluster a"):
+        c._check_one_cluster(view(["a", "b", "b"], ["n1", "n2", "n3"]))
+    assert c._not_all_voters(view(["b"] * 3, ["n1", "n2", "n3"])) == ""
+    assert "missing n3" in c._not_all_voters(view(["b"] * 3, ["n1", "n2"]))
+    assert "not configured: n4" in c._not_all_voters(view(["b"] * 3, ["n1", "n2", "n3", "n4"]))
+    assert "n2 not answering" in c._not_all_voters(view(["b"] * 3, ["n1", "n2", "n3"], ("leader", "", "follower")))
+
+
+def test_up_refuses_members_of_two_clusters_even_past_the_data_dir_check(orch: Callable[..., Orch]) -> None:
+    """A state file without a cluster id (an older orchestrate) cannot vouch for the data dirs, so the
+    pre-start check lets n3's foreign data through: `up` must still see two cluster ids and fail."""
+    x, y = orch("x"), orch("y")
+    assert y.up("--nodes", "n3").returncode == 0  # a one-member cluster whose member is also called n3
+    assert y("down").returncode == 0
+    assert x.up("--nodes", "3").returncode == 0
+    assert x("down").returncode == 0
+    f = x.root / "x" / "state.json"
+    state = json.loads(f.read_text())
+    state["cluster_id"] = ""
+    f.write_text(json.dumps(state))
+    d = x.root / "x" / "data" / "n3"
+    shutil.rmtree(d)
+    shutil.copytree(y.root / "y" / "data" / "n3", d)
+    r = x.up("--nodes", "3", "--timeout", "20")
+    assert r.returncode == 2, r.stdout
+    assert "members of another cluster answered: n3: cluster" in r.stderr and str(d) in r.stderr, r.stderr
+    assert "the cluster's data is kept" in r.stderr
+    assert x.node_procs() == []

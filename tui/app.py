@@ -26,14 +26,15 @@ from chaos.faults import Chaos, FaultError
 from chaos.net import NetError
 from chaos.workload import Workload
 from node.client import Client, ClientError
-from orchestrator.cli import human_bytes
+from orchestrator.cli import alarms_text, human_bytes, stall_text
 from orchestrator.cluster import Cluster, ClusterView, OrchestrateError
 
 from .model import Series, Tracker, panel
 
 REFRESH_S = 0.25
-COLUMNS = ("NAME", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "STATE", "GROUP", "PID", "CPU%", "RSS",
-           "CLIENT URL")  # fmt: skip
+COLUMNS = ("NAME", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "STATE", "GROUP", "STALL ms", "ALARMS",
+           "PID", "CPU%", "RSS", "CLIENT URL")  # fmt: skip
+STALL_WARN_MS = 50  # a stall this long eats half a default heartbeat interval: shown in red
 ROLE_STYLE = {"leader": "bold green", "candidate": "bold yellow", "pre-candidate": "yellow", "follower": "",
               "no-leader": "red"}  # fmt: skip
 
@@ -253,6 +254,8 @@ class Dashboard(App[int]):
                 str(max(0, lead_commit - v.applied)) if v.role and lead_commit else "-",
                 state,
                 where.get(v.name, "-"),
+                self._stall_cell(v.loop_stall_p99_ms, v.loop_stall_max_ms),
+                f"[bold red]{alarms_text(v.alarms)}[/]" if v.alarms else "-",
                 str(v.pid or "-"),
                 f"{v.cpu:.0f}" if v.pid else "-",
                 human_bytes(v.rss) if v.rss else "-",
@@ -267,6 +270,12 @@ class Dashboard(App[int]):
                     table.update_cell(name, col, val)
             else:
                 table.add_row(*cells, key=name)
+
+    @staticmethod
+    def _stall_cell(p99: float | None, mx: float | None) -> str:
+        """Loop stall p99/max over the last minute; red once it threatens heartbeats; '-' for real etcd."""
+        text = stall_text(p99, mx)
+        return f"[red]{text}[/]" if (mx or 0) >= STALL_WARN_MS else text
 
     async def probe(self) -> None:
         c = self.cluster
