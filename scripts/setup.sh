@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(etcd-server etcd-client iptables iproute2 procps)
+want=(etcd-server etcd-client iptables iproute2 procps e2fsprogs util-linux)
 need=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
