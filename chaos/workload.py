@@ -23,7 +23,14 @@ from .history import FAIL, INFO, OK, Op
 
 # refused before proposing: nothing was applied. ("server stopped" and "leader changed" are NOT
 # here: a stopping node fails proposals that may already be committed.)
-_CERTAIN_FAIL = ("no leader", "not leader", "too many requests", "key is not provided", "request is too large")
+_CERTAIN_FAIL = (
+    "no leader",
+    "not leader",
+    "too many requests",
+    "key is not provided",
+    "request is too large",
+    "database space exceeded",  # NOSPACE: refused before proposing, or applied as a refusal by every member
+)
 
 
 def classify(e: ClientError, is_write: bool) -> str:

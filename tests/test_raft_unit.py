@@ -11,6 +11,7 @@ from node.raft import (
     ConfChange,
     ConfChangeType,
     Config,
+    ConfState,
     Entry,
     EntryType,
     HardState,
@@ -19,6 +20,7 @@ from node.raft import (
     ProposalDropped,
     Raft,
     Role,
+    Snapshot,
 )
 
 
@@ -452,3 +454,66 @@ def test_compact_must_be_at_applied_index() -> None:
     net.elect(1)
     with pytest.raises(ValueError):
         net.nodes[1].compact(net.nodes[1].log.applied - 1, b"")
+
+
+# -- Ready.must_sync: what must be fsync'd before messages leave -------------------
+def _follower() -> Raft:
+    """Node 2 of {1,2,3}, bootstrapped and with that first Ready persisted."""
+    r = Raft(Config(2), random.Random(2))
+    r.bootstrap([1, 2, 3])
+    r.advance(r.ready())
+    return r
+
+
+def test_must_sync_for_new_entries() -> None:
+    r = _follower()
+    r.step(Message(MsgType.APP, frm=1, to=2, term=1, index=3, log_term=1, entries=[Entry(4, 1, data=b"x")], commit=3))
+    rd = r.ready()
+    assert [e.index for e in rd.entries] == [4]
+    assert rd.hard_state is None or (rd.hard_state.term, rd.hard_state.vote) == (1, NONE)
+    assert rd.must_sync
+    r.advance(rd)
+
+
+def test_must_sync_for_a_term_change() -> None:
+    r = _follower()
+    r.step(Message(MsgType.HEARTBEAT, frm=1, to=2, term=4, commit=3))
+    rd = r.ready()
+    assert not rd.entries and rd.hard_state is not None and rd.hard_state.term == 4
+    assert rd.must_sync
+
+
+def test_must_sync_for_a_vote_within_the_same_term() -> None:
+    """The term was already durable (a stale candidate's request moved us to it); the vote alone must be too."""
+    r = _follower()
+    r.step(Message(MsgType.VOTE, frm=3, to=2, term=5, index=1, log_term=1))  # log behind ours: rejected
+    rd = r.ready()
+    assert [m.reject for m in rd.messages if m.type == MsgType.VOTE_RESP] == [True]
+    assert rd.hard_state is not None and (rd.hard_state.term, rd.hard_state.vote) == (5, NONE)
+    r.advance(rd)
+    r.step(Message(MsgType.VOTE, frm=1, to=2, term=5, index=3, log_term=1))
+    rd = r.ready()
+    assert [m.reject for m in rd.messages if m.type == MsgType.VOTE_RESP] == [False]
+    assert rd.hard_state is not None and (rd.hard_state.term, rd.hard_state.vote) == (5, 1)
+    assert not rd.entries and rd.snapshot is None
+    assert rd.must_sync
+
+
+def test_must_sync_for_a_received_snapshot() -> None:
+    r = _follower()
+    snap = Snapshot(10, 2, ConfState(frozenset({1, 2, 3})), b"S")
+    r.step(Message(MsgType.SNAP, frm=1, to=2, term=2, snapshot=snap))
+    rd = r.ready()
+    assert rd.snapshot is not None and rd.must_sync
+
+
+def test_no_sync_for_a_commit_index_change_alone() -> None:
+    r = _follower()
+    r.step(Message(MsgType.APP, frm=1, to=2, term=2, index=3, log_term=1, entries=[Entry(4, 2, data=b"x")], commit=3))
+    r.advance(r.ready())
+    r.step(Message(MsgType.HEARTBEAT, frm=1, to=2, term=2, commit=4))
+    rd = r.ready()
+    assert rd.hard_state is not None and rd.hard_state.commit == 4 and rd.hard_state.term == 2
+    assert not rd.entries and rd.snapshot is None
+    assert [e.data for e in rd.committed_entries] == [b"x"]
+    assert not rd.must_sync  # the commit index is recomputed after a crash: no fsync needed
