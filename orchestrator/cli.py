@@ -168,6 +168,9 @@ async def cmd_down(ctx: Ctx, a: argparse.Namespace) -> int:
     print(f"stopped {', '.join(stopped) or 'nothing (no node was running)'}")
     for what in c.removed:
         print(f"removed {what}")
+    if c.kept:
+        shown = ", ".join(c.kept[:5]) + (f" and {len(c.kept) - 5} more" if len(c.kept) > 5 else "")
+        print(f"kept {shown}: not made by the cluster, so {c.dir.path} stays")
     return 0
 
 

@@ -165,6 +165,7 @@ class Cluster:
         self._st: ClusterState | None = None
         self.fresh = False  # create() made a new cluster (nothing of it existed before this up)
         self.removed: list[str] = []  # what the last down(purge=True) deleted
+        self.kept: list[str] = []  # what it found in the cluster's directory but did not make, so left alone
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -359,7 +360,8 @@ class Cluster:
         logs = self.dir.path / "logs"
         if not started:
             return ""
-        kept = f"; its logs are kept in {logs} (`rm -r {self.dir.path}` removes them)" if logs.is_dir() else ""
+        purge = f"orchestrate --root {self.dir.root} --name {self.name} down --purge"
+        kept = f"; its logs are kept in {logs} (`{purge}` removes them)" if logs.is_dir() else ""
         return f"{what} and removed the new cluster's state and data{kept}"
 
     async def wait_ready(
@@ -471,12 +473,17 @@ class Cluster:
         self.save()
 
     def down(self, purge: bool) -> list[str]:
-        """Stop every node; with purge remove exactly what the cluster made (listed in self.removed)."""
-        self.removed = []
+        """Stop every node; with purge remove exactly what the cluster made (listed in self.removed;
+        anything else found in its directory is left alone and listed in self.kept)."""
+        self.removed, self.kept = [], []
         if not self.dir.exists():
             if purge and self.dir.path.is_dir():  # what a failed up or a crash left (logs, data)
-                shutil.rmtree(self.dir.path)
-                self.removed.append(str(self.dir.path))
+                if not self.dir.looks_like_cluster():
+                    raise OrchestrateError(
+                        f"{self.dir.path} is not a cluster's directory (no state.json, no node data, no node "
+                        "logs): nothing removed; check --root and --name"
+                    )
+                self._purge(set(), made_root=False)
                 return []
             self.st  # noqa: B018 - raises the "no cluster named" error
         self.reload()  # pids may have changed since we read the state (a restart elsewhere)
@@ -491,20 +498,19 @@ class Cluster:
         if nn is not None:
             self.removed += [f"network namespace or bridge {x} (and its rules)" for x in nn.destroy()]
         if purge:
-            made_root = bool(self.st.extra.get("made_root"))
-            what = [d.name for d in sorted((self.dir.path / "data").glob("*")) if d.is_dir()]
-            logs = sorted(p.name for p in (self.dir.path / "logs").glob("*.log"))
-            shutil.rmtree(self.dir.path)
-            self.removed.insert(0, f"{self.dir.path} (state, data of {', '.join(what) or 'no node'}, "
-                                   f"{len(logs)} log file{'s' * (len(logs) != 1)})")  # fmt: skip
-            root = self.dir.root
-            if made_root and root.is_dir() and not any(root.iterdir()):
-                root.rmdir()
-                self.removed.append(f"{root} (made by this cluster's up, now empty)")
+            self._purge(set(self.st.nodes), made_root=bool(self.st.extra.get("made_root")))
             self._st = None
         else:
             self.save()
         return stopped
+
+    def _purge(self, nodes: set[str], made_root: bool) -> None:
+        what, kept = self.dir.purge(nodes, made_root)
+        path = self.dir.path
+        self.removed.insert(0, f"{path} ({what})" if not path.exists() else f"from {path}: {what}")
+        if made_root and not self.dir.root.exists():
+            self.removed.insert(1, f"{self.dir.root} (made by this cluster's up, now empty)")
+        self.kept = [str(k) for k in kept]
 
     # -- status ------------------------------------------------------------------------------------
     async def view(self, usage: bool = True, timeout: float = 1.0) -> ClusterView:

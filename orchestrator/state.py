@@ -10,6 +10,8 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -82,6 +84,44 @@ class ClusterState:
         return cls(nodes=nodes, **d)
 
 
+# What a node writes in its data dir: the builtin engine's (node/storage/disk.py) and etcd's member/.
+NODE_FILES = ("member.json", "member.json.tmp", "reserve.bin", "reserve.bin.tmp")
+NODE_DIRS = ("wal", "snap", "member")
+NODE_MARKS = ("member.json", "wal", "snap", "reserve.bin", "member")
+# The first line the launcher writes to a node's log (orchestrator/launcher.py LocalLauncher.start).
+LOG_HEADER = re.compile(rb"\n=== \d{4}-\d\d-\d\d \d\d:\d\d:\d\d starting: ")
+
+
+def _is_node_log(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return LOG_HEADER.match(f.read(64)) is not None
+    except OSError:
+        return False
+
+
+def _remove(p: Path) -> None:
+    """Remove a file, a symlink (never what it points to) or a directory tree."""
+    if p.is_symlink() or (p.exists() and not p.is_dir()):
+        p.unlink(missing_ok=True)
+    elif p.is_dir():
+        shutil.rmtree(p)
+
+
+def _rmdir_if_empty(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+        p.rmdir()
+
+
+def _leaves(top: Path) -> list[Path]:
+    """What is left under top: files, symlinks and empty directories (what kept it from going)."""
+    out = []
+    for p in sorted(top.rglob("*")):
+        if p.is_symlink() or not p.is_dir() or not any(p.iterdir()):
+            out.append(p)
+    return out
+
+
 class StateDir:
     """`<root>/<name>/`: state.json, data/<node>/, logs/<node>.log; always absolute paths."""
 
@@ -127,29 +167,95 @@ class StateDir:
         """Serialize orchestrate invocations that change this cluster.
 
         The lock is a flock on the state directory itself, so no lock file is ever left behind;
-        without `create` a cluster directory that does not exist is not made just to be locked.
+        without `create` a cluster directory that does not exist is not made just to be locked. A
+        directory purged (and perhaps re-made) while we waited is never held: with `create` the new
+        one is locked, without it the caller proceeds with no directory, as if it had been missing.
         """
         if create:
             self.ensure()
-        elif not self.path.is_dir():
-            yield
-            return
+        fd: int | None = None
         while True:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            except (FileNotFoundError, NotADirectoryError):
+                if not create:
+                    break  # nothing to lock: the caller sees no cluster here
+                self.ensure()
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
-            if same or not create:
+            if same:
                 break
-            os.close(fd)  # the directory was purged and re-made while we waited: lock the new one
-            self.ensure()
+            os.close(fd)  # purged (and maybe re-made) while we waited: that inode is not the cluster's
+            fd = None
+            if create:
+                self.ensure()
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def looks_like_cluster(self) -> bool:
+        """Without a state file: does anything here look like what a cluster writes (node data, node logs)?"""
+        return self.exists() or bool(self._node_dirs(set()) or self._logs(set()) or self._tmp_files())
+
+    def purge(self, nodes: set[str], made_root: bool) -> tuple[str, list[Path]]:
+        """Delete exactly what a cluster writes here, then the directories left empty.
+
+        Known layout only: state.json and its temp files, data/<node>/ entries of a node (a named node's,
+        or a dir that looks like one), node logs. Anything else (a user's file) is kept, so a wrong
+        --root/--name never empties a directory that was not the cluster's. Returns a description of
+        what went and the paths kept.
+        """
+        dirs, logs = self._node_dirs(nodes), self._logs(nodes)
+        for d in dirs:
+            for entry in (*NODE_FILES, *NODE_DIRS):
+                _remove(d / entry)
+            _rmdir_if_empty(d)
+        for log in logs:
+            log.unlink(missing_ok=True)
+        for tmp in self._tmp_files():
+            tmp.unlink(missing_ok=True)
+        had_state = self.exists()
+        self.file.unlink(missing_ok=True)
+        for d in (self.path / "data", self.path / "logs", self.path):
+            _rmdir_if_empty(d)
+        if made_root:
+            _rmdir_if_empty(self.root)
+        what = ", ".join(
+            ["state"] * had_state
+            + [f"data of {', '.join(d.name for d in dirs) or 'no node'}"]
+            + [f"{len(logs)} log file{'s' * (len(logs) != 1)}"]
+        )
+        kept = _leaves(self.path) if self.path.exists() else []
+        return what, kept
+
+    def _node_dirs(self, nodes: set[str]) -> list[Path]:
+        data = self.path / "data"
+        if not data.is_dir() or data.is_symlink():
+            return []
+        return sorted(
+            d
+            for d in data.iterdir()
+            if d.is_dir() and not d.is_symlink() and (d.name in nodes or any((d / e).exists() for e in NODE_MARKS))
+        )
+
+    def _logs(self, nodes: set[str]) -> list[Path]:
+        """logs/<node>.log of the named nodes, and any log that starts with the launcher's header."""
+        logs = self.path / "logs"
+        if not logs.is_dir() or logs.is_symlink():
+            return []
+        return sorted(
+            p for p in logs.glob("*.log") if p.is_file() and not p.is_symlink() and (p.stem in nodes or _is_node_log(p))
+        )
+
+    def _tmp_files(self) -> list[Path]:
+        return sorted(p for p in self.path.glob(".state-*.tmp") if p.is_file()) if self.path.is_dir() else []
 
     def remove_if_empty(self) -> list[str]:
         """Remove the cluster directory (and a root this process made) when nothing is left in them."""

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,27 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from node.client import Client, ClientError
+from orchestrator.ports import free_ports, port_block
 
 REPO = Path(__file__).resolve().parent.parent
-_used: set[int] = set()
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports the kernel says are free, never etcd's defaults (a user's cluster may sit there)."""
-    out: list[int] = []
-    socks = []
-    while len(out) < n:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        socks.append(s)
-        if 2379 <= port <= 2480 or port in _used:
-            continue
-        _used.add(port)
-        out.append(port)
-    for s in socks:
-        s.close()
-    return out
+# ports are reserved with a cross-process lock held for the life of the test process (see orchestrator.ports)
+free_port_block = port_block
 
 
 class NodeProcs:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import ConfigError, parse
-from orchestrator.ports import port_block
 from orchestrator.state import ClusterState, NodeRecord, StateDir
+from tests.procs import free_port_block
 
 
 def orchestrate(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -81,7 +81,7 @@ def case_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     def one(argv: list[str]) -> tuple[Path, subprocess.CompletedProcess[str]]:
         work = tmp_path_factory.mktemp("case")
         if argv[0] == "up":  # should the refusal ever break, the cluster must not land on etcd's default ports
-            base = port_block(10)
+            base = free_port_block(10)
             argv = [argv[0], "--timeout", "5", "--client-port", str(base), "--peer-port", str(base + 5), *argv[1:]]
         return work, orchestrate(work, "--root", str(work / "state"), *argv)
 
@@ -118,7 +118,7 @@ def test_flags_and_yaml_share_one_validator_per_field(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             parse(yaml_text, "c.yaml")
         yaml_msg = str(e.value).split(": ", 2)[2]  # "c.yaml:N: field: <message>"
-        base = port_block(10)
+        base = free_port_block(10)
         safe = ["--timeout", "5", "--client-port", str(base), "--peer-port", str(base + 5)]
         r = orchestrate(tmp_path, "--root", str(tmp_path / "state"), "up", *safe, *flag)
         assert r.returncode == 2, r.stderr
@@ -180,14 +180,28 @@ def test_a_failing_flag_after_a_good_up_config_leaves_no_lock(tmp_path: Path) ->
     """`up` refused for ports already in use (a listener on one client port): nothing is left behind."""
     import socket
 
+    port = free_port_block(2)  # client port, then the peer port
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", port))
         s.listen()
-        port = s.getsockname()[1]
         t0 = time.monotonic()
         r = orchestrate(tmp_path, "--root", str(tmp_path / "state"), "up", "--nodes", "1", "--client-port",
-                        str(port), "--peer-port", str(port + 1000 if port < 64000 else port - 1000))  # fmt: skip
+                        str(port), "--peer-port", str(port + 1))  # fmt: skip
     assert_one_clear_line(r, f"n1 client port 127.0.0.1:{port}")
     assert time.monotonic() - t0 < 20
     assert tree(tmp_path) == [], "the refused up left a state dir or a .lock"
     assert not any(os.scandir(tmp_path))
+
+
+def test_down_purge_refuses_a_directory_that_is_not_a_cluster(tmp_path: Path) -> None:
+    """`orchestrate --root ~ --name documents down --purge`: no state file and nothing a cluster writes
+    there, so nothing is deleted and the one line says why."""
+    docs = tmp_path / "home" / "documents"
+    for rel in ("letter.txt", "data/x/report.txt", "logs/app.log", "wal/notes.txt"):
+        (docs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (docs / rel).write_text(rel)
+    before = tree(tmp_path)
+    r = orchestrate(tmp_path, "--root", str(tmp_path / "home"), "--name", "documents", "down", "--purge")
+    assert_one_clear_line(r, f"{docs} is not a cluster's directory", "nothing removed")
+    assert tree(tmp_path) == before
+    assert all((docs / rel).read_text() == rel for rel in ("letter.txt", "data/x/report.txt", "logs/app.log"))

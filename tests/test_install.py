@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.ports import port_block
-from tests.procs import REPO
+from tests.procs import REPO, free_port_block
 
 pytestmark = pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl not installed (Debian: etcd-client)")
 
@@ -109,9 +108,7 @@ def test_non_editable_install_runs_from_anywhere(tmp_path: Path) -> None:
         assert Path(line).is_relative_to(purelib), f"imported {line}, not the new install in {purelib}"
     site_before = files(purelib)
 
-    client, peer = port_block(5), port_block(5)
-    while abs(client - peer) < 5:
-        peer = port_block(5)
+    client, peer = free_port_block(5), free_port_block(5)  # reserved blocks: they never overlap
     ports = ("--client-port", str(client), "--peer-port", str(peer), "--heartbeat-ms", "50", "--election-ms", "500")
     try:
         r = inst.orch("up", "--nodes", "3", "-q", *ports)

@@ -19,16 +19,16 @@ import pytest
 
 from orchestrator.cluster import Cluster, ClusterView, NodeView, OrchestrateError
 from orchestrator.config import ConfigError, parse
-from orchestrator.ports import port_block
-from orchestrator.state import ClusterState, NodeRecord
+from orchestrator.state import ClusterState, NodeRecord, StateDir
+from tests import procs
 from tests.procs import REPO
 
 
 class Orch:
     def __init__(self, root: Path, name: str, nodes_max: int = 8) -> None:
         self.root, self.name = root, name
-        self.client_port = port_block(nodes_max)
-        self.peer_port = port_block(nodes_max)
+        self.client_port = procs.free_port_block(nodes_max)
+        self.peer_port = procs.free_port_block(nodes_max)
         self.cwd = root.parent  # never the repo: the CLI must work from anywhere
 
     def __call__(self, *args: str, stdin: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -267,6 +267,75 @@ def test_up_whose_node_cannot_start_stops_the_others(orch: Callable[..., Orch]) 
     assert "stopped n1 and removed the new cluster's state and data" in r.stderr, r.stderr
     assert o.node_procs() == [] and (d / "n2").read_text() == "not a directory"
     assert not (o.root / "broken" / "state.json").exists()
+
+
+def test_down_purge_removes_only_what_the_cluster_made(orch: Callable[..., Orch]) -> None:
+    """Files a user put in the cluster's directory survive a purge, and the purge names them."""
+    o = orch("p")
+    assert o.up("--nodes", "2").returncode == 0
+    top = o.root / "p"
+    assert (top / "data" / "n1" / "member.json").exists() and (top / "logs" / "n1.log").exists()
+    mine = {
+        top / "notes.txt": "mine",
+        top / "data" / "n1" / "keep.txt": "mine too",  # beside a node's data
+        top / "data" / "photos" / "cat.jpg": "not node data",  # a dir in data/ that is no node's
+        top / "logs" / "app.log": "my own log",  # a .log the launcher never wrote
+    }
+    for f, text in mine.items():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    pids = o.pids()
+    r = o("down", "--purge")
+    assert r.returncode == 0, r.stderr
+    assert not any(_alive(p) for p in pids)
+    for f, text in mine.items():
+        assert f.read_text() == text, f"purge deleted {f}"
+        assert str(f) in r.stdout, r.stdout  # named as kept
+    assert "kept " in r.stdout and f"not made by the cluster, so {top} stays" in r.stdout
+    assert f"removed from {top}: state, data of n1, n2, 2 log files" in r.stdout, r.stdout
+    left = sorted(str(p.relative_to(top)) for p in top.rglob("*") if p.is_file())
+    assert left == sorted(str(f.relative_to(top)) for f in mine), left  # and nothing of the cluster's
+
+
+def test_lock_never_holds_a_directory_purged_while_it_waited(tmp_path: Path) -> None:
+    """A `down` waiting on the lock while another invocation purges and re-makes the directory must lock
+    the new directory (with or without create), not the deleted inode it opened first."""
+    import fcntl
+    import threading
+
+    for create in (False, True):
+        d = StateDir(tmp_path, f"c{int(create)}")
+        d.ensure()
+        holder = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        entered = threading.Event()
+        held: list[bool] = []
+
+        def waiter(d: StateDir = d, create: bool = create, entered: threading.Event = entered,
+                   held: list[bool] = held) -> None:  # fmt: skip
+            with d.lock(create=create):
+                entered.set()
+                probe = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(False)  # nobody holds the directory that is there now
+                except BlockingIOError:
+                    held.append(True)
+                finally:
+                    os.close(probe)
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        try:
+            time.sleep(0.3)
+            assert not entered.is_set(), "lock() did not wait for the holder"
+            shutil.rmtree(d.path)  # the holder purges, and a new cluster of the same name is made
+            d.path.mkdir()
+        finally:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            os.close(holder)
+            t.join(10)
+        assert held == [True], (create, held)
 
 
 def test_a_data_dir_of_another_cluster_is_refused(orch: Callable[..., Orch]) -> None:
