@@ -10,9 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
-from node.api.compactor import MODES, Retention, RetentionError, parse_retention
 from node.api.server import ApiServer, PortInUse
 from node.kv import KVStateMachine
+from node.kv.retention import MODES, Retention, RetentionError, parse_retention
 from node.server.members import parse_initial_cluster
 from node.server.raftnode import NodeConfig, NodeError, RaftNode
 from node.storage.disk import StorageError

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import random
 import threading
 import time
@@ -24,8 +25,11 @@ from typing import Any
 import msgpack
 import pytest
 
+from node.api.compactor import Compactor
+from node.kv import KVStateMachine
+from node.kv.retention import Retention
 from node.raft import NONE, Config, ConfState, Entry, HardState, Message, MsgType, Raft, Ready, Role, Snapshot
-from node.server.raftnode import NodeConfig, NodeError, RaftNode
+from node.server.raftnode import NodeConfig, NodeError, RaftNode, _pack_envelope
 from node.storage import DiskFull
 
 
@@ -79,6 +83,9 @@ class RecordingStorage:
         self.snapshots: list[tuple[Snapshot, int]] = []
         self.reserve = 0
         self.released = 0
+        self.reserving = 0  # reserve_space calls in progress (worker threads)
+        self.max_reserving = 0
+        self.reserves_written = 0
 
     def persist(self, rd: Ready) -> None:
         self.persists += 1
@@ -94,8 +101,18 @@ class RecordingStorage:
         self.snapshots.append((snap, release_before))
 
     def reserve_space(self, nbytes: int) -> bool:
-        self.reserve = nbytes
-        return True
+        with self.journal.lock:
+            self.reserving += 1
+            self.max_reserving = max(self.max_reserving, self.reserving)
+        try:
+            time.sleep(0.02)  # writing and fsyncing megabytes takes a while: an overlap would show
+            if self.reserve != nbytes:
+                self.reserve = nbytes
+                self.reserves_written += 1
+            return True
+        finally:
+            with self.journal.lock:
+                self.reserving -= 1
 
     def release_reserve(self) -> int:
         freed, self.reserve = self.reserve, 0
@@ -181,6 +198,8 @@ class Driven:
         )
         self.node = RaftNode(ncfg, self.sm)
         self.node.member_id = 1
+        self.free: int | None = 1 << 30  # what statvfs says is free in the data dir
+        self.node.free_bytes = lambda: self.free  # type: ignore[method-assign]
         self.node.storage = self.storage
         self.node.transport = RecordingTransport(self.journal)  # type: ignore[assignment]
         raft = Raft(Config(1, election_tick=10, heartbeat_tick=1, pre_vote=pre_vote), random.Random(7), HardState())
@@ -446,6 +465,100 @@ async def test_snapshot_disk_full_keeps_serving_other_errors_are_fatal(driven: M
         await _propose_n(d, 12, "c")  # the member stops while these are in flight
     await _until(lambda: bool(d.fatal))
     assert isinstance(d.fatal[0], PermissionError)
+
+
+async def test_snapshot_disk_full_releases_the_reserve_and_disarm_needs_real_free_space(driven: Make) -> None:
+    """A snapshot that hits a full disk frees the reserve as the WAL path does; a disarm clears
+    disk_full only when the filesystem really has room, not because reserve.bin exists."""
+    d = driven([1], snapshot_count=10, snapshot_catchup_entries=5)
+    await _leader(d)
+    d.storage.reserve = 8 << 20
+    d.storage.snap_fail = [DiskFull("No space left on device")]
+    await _propose_n(d, 12, "a")
+    await _until(lambda: d.node.disk_full)
+    await _until(lambda: d.node._snap_task is None)
+    assert d.storage.released == 8 << 20 and d.storage.reserve == 0
+    # the reserve can be written again (a few MB were freed elsewhere) but the disk is still
+    # full around it: not cleared
+    d.free = 4096
+    assert not await d.node.try_clear_disk_full()
+    assert d.node.disk_full and d.storage.reserve == 8 << 20
+    # the reserve is in place already: its presence alone must not clear the flag either
+    assert not await d.node.try_clear_disk_full()
+    assert d.node.disk_full
+    d.free = None  # statvfs failed: unknown is not "room"
+    assert not await d.node.try_clear_disk_full()
+    d.free = 64 << 20
+    assert await d.node.try_clear_disk_full() and not d.node.disk_full
+    assert not d.fatal
+
+
+async def test_disarms_in_a_row_recreate_the_reserve_one_at_a_time(driven: Make) -> None:
+    """Two applied disarms each start a clear: they must not write reserve.bin.tmp at once."""
+    d = driven([1])
+    await d.settle()
+    d.node.disk_full = True
+    results = await asyncio.gather(*(d.node.try_clear_disk_full() for _ in range(3)))
+    assert all(results) and not d.node.disk_full
+    assert d.storage.max_reserving == 1, "reserve_space ran concurrently"
+    assert d.storage.reserves_written == 1
+
+
+def test_free_bytes_reads_the_data_dirs_filesystem(tmp_path: Path) -> None:
+    cfg = NodeConfig(name="n1", data_dir=tmp_path, listen_peer="127.0.0.1:1", listen_client="127.0.0.1:2",
+                     initial_cluster={"n1": "127.0.0.1:1"})  # fmt: skip
+    node = RaftNode(cfg, ListSM())
+    free = node.free_bytes()
+    st = os.statvfs(tmp_path)
+    assert free is not None and abs(free - st.f_bavail * st.f_frsize) < 64 << 20
+    node.cfg.data_dir = tmp_path / "missing"
+    assert node.free_bytes() is None
+
+
+def test_snapshot_envelope_is_the_same_msgpack_map() -> None:
+    members = [[1, "n1", ["http://127.0.0.1:1"], ["http://127.0.0.1:2"], False]]
+    for n in (0, 5, 255, 256, 65535, 65536, 300_000):
+        app = bytes(range(256)) * (n // 256) + b"z" * (n % 256)
+        data = _pack_envelope(members, app)
+        assert data == msgpack.packb({"members": members, "app": app}), n
+        blob = msgpack.unpackb(data)
+        assert blob == {"members": members, "app": app}
+
+
+def test_packing_a_large_snapshot_lets_other_threads_run() -> None:
+    """The envelope is packed on a worker thread; copying the state must not hold the GIL
+    (msgpack.packb did, for about a second per 100 MB, with the event loop stuck behind it)."""
+    app = bytes(128 << 20)
+    done = threading.Event()
+    out: list[bytes] = []
+
+    def pack() -> None:
+        out.append(_pack_envelope([], app))
+        done.set()
+
+    t = threading.Thread(target=pack)
+    worst, last = 0.0, time.perf_counter()
+    t.start()
+    while not done.is_set():
+        time.sleep(0.001)
+        now = time.perf_counter()
+        worst, last = max(worst, now - last), now
+    t.join()
+    assert len(out[0]) == len(app) + 19  # map, "members", [], "app", bin32 header
+    assert worst < 0.15, f"the main thread was held for {worst * 1000:.0f} ms while the snapshot was packed"
+
+
+async def test_compactor_stop_waits_for_its_task(tmp_path: Path) -> None:
+    cfg = NodeConfig(name="n1", data_dir=tmp_path, listen_peer="127.0.0.1:1", listen_client="127.0.0.1:2",
+                     initial_cluster={"n1": "127.0.0.1:1"})  # fmt: skip
+    sm = KVStateMachine()
+    comp = Compactor(RaftNode(cfg, sm), sm, Retention("revision", revisions=5))
+    comp.start()
+    task = comp._task
+    assert task is not None
+    await asyncio.sleep(0)
+    await comp.stop()
+    assert task.done(), "stop() returned while the compactor task was still running"
 
 
 async def test_a_snapshot_from_the_leader_during_ours_abandons_ours(driven: Make) -> None:

@@ -68,14 +68,14 @@ def test_apply_refuses_space_while_nospace_is_active() -> None:
     assert not isinstance(ap(OP_PUT, rpc_pb2.PutRequest(key=b"b", value=b"2")), KVError)
 
 
-def test_guard_refuses_writes_while_the_disk_is_full(tmp_path: Path) -> None:
+async def test_guard_refuses_writes_while_the_disk_is_full(tmp_path: Path) -> None:
     """Between a full disk and the alarm being applied, writes are refused at once (reads are not)."""
     sm = KVStateMachine()
     cfg = NodeConfig(name="n1", data_dir=tmp_path, listen_peer="127.0.0.1:1", listen_client="127.0.0.1:2",
                      initial_cluster={"n1": "http://127.0.0.1:1"})  # fmt: skip
     node = RaftNode(cfg, sm)  # not started: only its disk_full flag is used
     guard = SpaceGuard(node, sm, QUOTA)
-    guard.check(rpc_pb2.PutRequest(key=b"k", value=b"v"))
+    await guard.admit(rpc_pb2.PutRequest(key=b"k", value=b"v"))
     node.disk_full = True
     for req in (
         rpc_pb2.PutRequest(key=b"k", value=b"v"),
@@ -83,18 +83,90 @@ def test_guard_refuses_writes_while_the_disk_is_full(tmp_path: Path) -> None:
         rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k"))]),
     ):
         with pytest.raises(KVError) as ei:
-            guard.check(req)
+            await guard.admit(req)
         assert str(ei.value) == ERR_NO_SPACE and ei.value.code == "RESOURCE_EXHAUSTED"
-    guard.check(rpc_pb2.DeleteRangeRequest(key=b"k"))  # costs nothing: allowed
-    guard.check(rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"k"))]))
+    await guard.admit(rpc_pb2.DeleteRangeRequest(key=b"k"))  # costs nothing: allowed
+    await guard.admit(rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"k"))]))
 
 
-async def _fill(c: NodeProcs, deadline_s: float = 20.0) -> tuple[int, int]:
-    """Overwrite a few keys with 4 KiB values until the quota refuses; returns (puts acknowledged,
-    last acknowledged revision)."""
+def _unstarted_guard(tmp_path: Path, fail: list[BaseException]) -> tuple[SpaceGuard, KVStateMachine, list[int]]:
+    """A SpaceGuard on an unstarted node whose propose applies to the state machine after a
+    short delay (a Raft round trip); the first proposals raise the errors in `fail`."""
+    sm = KVStateMachine()
+    cfg = NodeConfig(name="n1", data_dir=tmp_path, listen_peer="127.0.0.1:1", listen_client="127.0.0.1:2",
+                     initial_cluster={"n1": "http://127.0.0.1:1"}, request_timeout=2.0)  # fmt: skip
+    node = RaftNode(cfg, sm)
+    node.member_id = 7
+    calls: list[int] = []
+
+    async def propose(payload: bytes, timeout: float | None = None) -> object:
+        calls.append(len(calls) + 1)
+        await asyncio.sleep(0.05)
+        if fail:
+            raise fail.pop(0)
+        return sm.apply(len(calls), payload)
+
+    node.propose = propose  # type: ignore[method-assign]
+    return SpaceGuard(node, sm, QUOTA), sm, calls
+
+
+async def test_refusals_wait_for_one_shared_alarm_proposal(tmp_path: Path) -> None:
+    """etcd's quotaAlarmer: the NOSPACE error comes only after the Alarm went through Raft, and
+    concurrent refusals share that one proposal instead of each raising a duplicate."""
+    guard, _sm, calls = _unstarted_guard(tmp_path, [])
+    big = rpc_pb2.PutRequest(key=b"k", value=b"x" * QUOTA)
+    seen: list[bool] = []
+
+    async def one() -> None:
+        with pytest.raises(KVError) as ei:
+            await guard.admit(big)
+        assert str(ei.value) == ERR_NO_SPACE and ei.value.code == "RESOURCE_EXHAUSTED"
+        seen.append(guard.active())
+
+    await asyncio.gather(*(one() for _ in range(5)))
+    assert seen == [True] * 5, "refused before the alarm was applied"
+    assert calls == [1]
+    for req in (big, rpc_pb2.PutRequest(key=b"k", value=b"small")):
+        with pytest.raises(KVError):
+            await guard.admit(req)  # refused while the alarm is active, at once
+    assert calls == [1]  # and no new proposal
+    await guard.admit(rpc_pb2.DeleteRangeRequest(key=b"k"))  # costs nothing: admitted
+
+
+async def test_a_failed_alarm_proposal_still_refuses_and_the_next_one_retries(tmp_path: Path) -> None:
+    guard, _sm, calls = _unstarted_guard(tmp_path, [RuntimeError("raft is gone")])
+    big = rpc_pb2.PutRequest(key=b"k", value=b"x" * QUOTA)
+    with pytest.raises(KVError):
+        await guard.admit(big)
+    assert not guard.active() and calls == [1]
+    with pytest.raises(KVError):
+        await guard.admit(big)
+    assert guard.active() and calls == [1, 2]
+
+
+async def test_the_disk_full_retry_survives_any_error(tmp_path: Path) -> None:
+    """The background raise after a full disk keeps retrying whatever the proposal raises."""
+    guard, _sm, calls = _unstarted_guard(
+        tmp_path, [RuntimeError("unexpected"), KVError("etcdserver: x", "UNAVAILABLE")]
+    )
+    guard.node._set_disk_full()
+    deadline = time.monotonic() + 5
+    while not guard.active():
+        assert time.monotonic() < deadline, f"NOSPACE never raised after {len(calls)} proposals"
+        await asyncio.sleep(0.02)
+    assert len(calls) == 3
+    with pytest.raises(KVError):
+        await guard.admit(rpc_pb2.PutRequest(key=b"k", value=b"v"))  # the disk is full: refused
+
+
+async def _fill(c: NodeProcs, via: str, deadline_s: float = 20.0) -> tuple[int, int]:
+    """Overwrite a few keys with 4 KiB values through member `via` until the quota refuses;
+    returns (puts acknowledged, last acknowledged revision). Right after the first refusal the
+    same member already lists the alarm: etcd returns the error only once its Alarm request
+    went through Raft, so a client told "database space exceeded" can see why."""
     ok, last = 0, 0
     value = b"x" * 4096
-    async with c.client_for(timeout=5.0) as cl:
+    async with c.client_for([via], timeout=5.0) as cl:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             try:
@@ -102,6 +174,10 @@ async def _fill(c: NodeProcs, deadline_s: float = 20.0) -> tuple[int, int]:
             except ClientError as e:
                 assert e.code == grpc.StatusCode.RESOURCE_EXHAUSTED, e
                 assert str(e) == ERR_NO_SPACE
+                alarms = [(a.memberID, a.alarm) for a in (await cl.alarms()).alarms]
+                assert alarms == [(int((await cl.admin_status(c.endpoint(via)))["id"], 16), rpc_pb2.NOSPACE)], (
+                    f"refused with NOSPACE before the alarm was applied: {alarms}"
+                )
                 return ok, last
             ok, last = ok + 1, r.header.revision
     raise AssertionError(f"{ok} puts of 4 KiB never hit a {QUOTA}-byte quota")
@@ -112,7 +188,8 @@ async def test_quota_nospace_alarm_list_disarm(node_cluster: Make) -> None:
     c = node_cluster(3, extra=["--quota-backend-bytes", str(QUOTA)])
     c.start_all()
     leader = await c.wait_leader()
-    acked, last_rev = await _fill(c)
+    follower = next(n for n in c.names if n != leader)  # its alarm goes through the leader
+    acked, last_rev = await _fill(c, follower)
     assert 30 < acked < 60, acked  # ~200 KiB of 4 KiB values, history included
 
     # etcdctl sees etcd's exact error, through any member (the alarm is replicated)

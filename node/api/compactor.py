@@ -14,71 +14,20 @@ A compaction that fails because the revision is already compacted counts as done
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import re
 import time
-from dataclasses import dataclass
 
 from node.api.pb import rpc_pb2
 from node.kv import KVError
 from node.kv.apply import OP_COMPACT, KVStateMachine, encode
 from node.kv.mvcc import ERR_COMPACTED
+from node.kv.retention import Retention
 from node.server.raftnode import NodeError, RaftNode
 
 log = logging.getLogger("quorumlab.compactor")
-
-MODES = ("periodic", "revision")
 REVISION_CHECK_S = float(os.environ.get("QUORUMLAB_COMPACTION_CHECK_INTERVAL", "10"))
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-
-
-class RetentionError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Retention:
-    mode: str  # periodic | revision
-    seconds: float = 0.0  # periodic
-    revisions: int = 0  # revision
-
-    @property
-    def enabled(self) -> bool:
-        return self.seconds > 0 or self.revisions > 0
-
-
-def _go_duration(s: str) -> float | None:
-    """Go's time.ParseDuration for non-negative values ("1h30m", "90s", "1.5h"); None if invalid."""
-    pos, total = 0, 0.0
-    if not s:
-        return None
-    for m in _DURATION.finditer(s):
-        if m.start() != pos:
-            return None
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    return total if pos == len(s) else None
-
-
-def parse_retention(mode: str, value: str) -> Retention:
-    """etcd's parseCompactionRetention: a bare integer is hours (periodic) or revisions (revision);
-    otherwise a Go duration, which only periodic mode can use. "0" disables auto-compaction."""
-    if mode not in MODES:
-        raise RetentionError(f"--auto-compaction-mode must be periodic or revision, not {mode!r}")
-    v = value.strip()
-    if v.isdigit():
-        n = int(v)
-        return Retention(mode, seconds=n * 3600.0) if mode == "periodic" else Retention(mode, revisions=n)
-    secs = _go_duration(v)
-    if secs is None:
-        raise RetentionError(f"--auto-compaction-retention {value!r} is not a number or a duration like 1h, 30m, 90s")
-    if mode == "revision":
-        raise RetentionError(
-            f"--auto-compaction-retention {value!r}: revision mode takes a count of revisions, not a duration"
-        )
-    return Retention(mode, seconds=secs)
 
 
 class Compactor:
@@ -103,8 +52,13 @@ class Compactor:
         return f"{r.seconds:g}s" if r.mode == "periodic" else f"{r.revisions} revisions"
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Cancel the loop and wait for it: a Compact in flight must not outlive the server."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _compact(self, rev: int) -> bool:
         """Propose Compact(rev) as leader; True when done (or already compacted past it)."""

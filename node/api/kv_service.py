@@ -69,8 +69,8 @@ def add_kv_service(servicer: KVService, server: grpc.aio.Server) -> None:
             response_serializer=rpc_pb2.CompactionResponse.SerializeToString,
         ),
     }
+    # one generic handler serves every client (registered handlers are only a lookup shortcut)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("etcdserverpb.KV", handlers),))
-    server.add_registered_method_handlers("etcdserverpb.KV", handlers)
 
 
 async def _join(parts: list[bytes]) -> bytes:
@@ -107,7 +107,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
         self.ctx.check_size(request)
         validate_put(request)
-        self.ctx.space.check(request)
+        await self.ctx.space.admit(request)
         res = raise_if_error(await self.ctx.node.propose(encode(OP_PUT, request)))
         return self.ctx.fill(res)
 
@@ -130,7 +130,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
                 await self.ctx.node.read_barrier()
             out = await read_txn(sm, request)
             return await _join(out.parts(self.ctx.header(out.revision)))
-        self.ctx.space.check(request)
+        await self.ctx.space.admit(request)
         res = raise_if_error(await self.ctx.node.propose(encode(OP_TXN, request)))
         return self._fill_txn(res)
 

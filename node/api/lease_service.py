@@ -48,7 +48,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         # proposing, so every node applies the same value
         min_ttl = math.ceil(1.5 * self.ctx.node.cfg.election_ms / 1000)
         req = rpc_pb2.LeaseGrantRequest(TTL=max(request.TTL, min_ttl), ID=request.ID or random.getrandbits(62) + 1)
-        self.ctx.space.check(req)
+        await self.ctx.space.admit(req)
         res = raise_if_error(await self.ctx.node.propose(encode(OP_LEASE_GRANT, req)))
         return self.ctx.fill(res)
 

@@ -6,12 +6,13 @@ import grpc
 
 from node.api.pb import admin_pb2_grpc, rpc_pb2_grpc
 from node.kv import KVStateMachine, WatchHub
+from node.kv.retention import Retention
 from node.server.raftnode import RaftNode
 from node.server.transport import parse_hostport
 
 from .admin_service import AdminService
 from .cluster_service import ClusterService
-from .compactor import Compactor, Retention
+from .compactor import Compactor
 from .context import GRPC_RECV_LIMIT, Ctx
 from .kv_service import KVService, add_kv_service
 from .lease_service import LeaseService

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,20 @@ def to_pb(kv: KV, keys_only: bool = False) -> kv_pb2.KeyValue:
         value=b"" if keys_only else kv.value,
         lease=kv.lease,
     )
+
+
+_SORT_KEYS: dict[int, Callable[[KV], Any]] = {
+    rpc_pb2.RangeRequest.KEY: lambda kv: kv.key,
+    rpc_pb2.RangeRequest.VERSION: lambda kv: kv.version,
+    rpc_pb2.RangeRequest.CREATE: lambda kv: kv.create_revision,
+    rpc_pb2.RangeRequest.MOD: lambda kv: kv.mod_revision,
+    rpc_pb2.RangeRequest.VALUE: lambda kv: kv.value,
+}
+
+
+def sort_key(target: int) -> Callable[[KV], Any]:
+    """The key function for a RangeRequest's sort_target (shared by every read path)."""
+    return _SORT_KEYS[target]
 
 
 # -- validation before proposing --------------------------------------------------------
@@ -189,17 +203,6 @@ class KVStateMachine:
         tail = p.pack("leases") + p.pack(leases) + p.pack("alarms") + p.pack(alarms) + p.pack("ci") + p.pack(ci)
         return [head, *store, tail]
 
-    def snapshot(self) -> bytes:
-        """The state now, in one go (blocks the loop for large stores: prefer snapshot_async)."""
-        leases = [(lease.id, lease.ttl) for lease in self.leases.values()]
-        walk = self.store.walk()
-        try:
-            while not walk.step(float("inf")):
-                pass
-        finally:
-            walk.close()
-        return b"".join(self._parts(walk.parts(), leases, list(self.alarms), self.consistent_index))
-
     def snapshot_async(self) -> Coroutine[Any, Any, bytes]:
         """The state as of the call, although apply() keeps running while the result is awaited.
 
@@ -225,7 +228,7 @@ class KVStateMachine:
         return finish()
 
     def restore(self, data: bytes) -> None:
-        """Read snapshot() / snapshot_async() output, or the older list format."""
+        """Read snapshot_async() output, or the older list format."""
         blob = msgpack.unpackb(data)
         if isinstance(blob, dict):
             store, leases, alarms, ci = blob["store"], blob["leases"], blob["alarms"], blob["ci"]
@@ -242,15 +245,12 @@ class KVStateMachine:
         for cb in self.on_lease_granted:
             cb(None)
 
-    # -- reads (served after ReadIndex or locally when serializable) --------------------
-    def range(self, r: rpc_pb2.RangeRequest, txn: WriteTxn | None = None) -> rpc_pb2.RangeResponse:
+    # -- a Range inside a Txn being applied (plain reads: node/kv/reads.py) ------------------
+    def _range_in(self, txn: WriteTxn, r: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         rev = r.revision
-        if txn is not None:
-            kvs = txn.range(r.key, r.range_end, rev)
-            if rev > 0:
-                self.store.check_rev(rev)
-        else:
-            kvs = self.store.range(r.key, r.range_end, rev)
+        kvs = txn.range(r.key, r.range_end, rev)
+        if rev > 0:
+            self.store.check_rev(rev)
         if r.min_mod_revision:
             kvs = [kv for kv in kvs if kv.mod_revision >= r.min_mod_revision]
         if r.max_mod_revision:
@@ -264,14 +264,7 @@ class KVStateMachine:
         if order == rpc_pb2.RangeRequest.NONE and target != rpc_pb2.RangeRequest.KEY:
             order = rpc_pb2.RangeRequest.ASCEND
         if order != rpc_pb2.RangeRequest.NONE:
-            keyf = {
-                rpc_pb2.RangeRequest.KEY: lambda kv: kv.key,
-                rpc_pb2.RangeRequest.VERSION: lambda kv: kv.version,
-                rpc_pb2.RangeRequest.CREATE: lambda kv: kv.create_revision,
-                rpc_pb2.RangeRequest.MOD: lambda kv: kv.mod_revision,
-                rpc_pb2.RangeRequest.VALUE: lambda kv: kv.value,
-            }[target]
-            kvs = sorted(kvs, key=keyf, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+            kvs = sorted(kvs, key=sort_key(target), reverse=order == rpc_pb2.RangeRequest.DESCEND)
         if r.limit > 0 and len(kvs) > r.limit:
             kvs = kvs[: r.limit]
             resp.more = True
@@ -376,7 +369,7 @@ class KVStateMachine:
             which = op.WhichOneof("request")
             out = rpc_pb2.ResponseOp()
             if which == "request_range":
-                rr = self.range(op.request_range, txn)
+                rr = self._range_in(txn, op.request_range)
                 out.response_range.CopyFrom(rr)
             elif which == "request_put":
                 out.response_put.CopyFrom(self._put_in(txn, op.request_put))
@@ -396,12 +389,6 @@ class KVStateMachine:
                 if which == "request_txn" and not self.txn_is_read_only(op.request_txn):
                     return False
         return True
-
-    def read_txn(self, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
-        txn = self.store.begin()  # nothing is written, so end() is never needed
-        resp = self._txn_in(txn, t)
-        resp.header.revision = self.store.revision
-        return resp
 
     def _compact(self, r: rpc_pb2.CompactionRequest) -> rpc_pb2.CompactionResponse:
         self.store.compact(r.revision)

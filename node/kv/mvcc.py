@@ -273,18 +273,8 @@ class MVCCStore:
         """Start collecting the compacted state as of now; see StoreWalk."""
         return StoreWalk(self)
 
-    def dump(self) -> bytes:
-        """The whole compacted state, packed, in one go (blocks: use walk() on a loop)."""
-        w = self.walk()
-        try:
-            while not w.step(float("inf")):
-                pass
-        finally:
-            w.close()
-        return b"".join(w.parts())
-
     def load(self, blob: object) -> None:
-        """Replace the whole state from dump()'s format (a map) or the older list format."""
+        """Replace the whole state from StoreWalk.parts()' format (a map) or the older list format."""
         self.generation += 1
         self.keys = SortedDict()
         self._trim_job, self._trim_cursor = 0, None
@@ -359,7 +349,7 @@ class StoreWalk:
         self._cursor: bytes | None = None
         self._keys_done = False
         self._hrev = self.crev - 1  # history revisions up to this one are done
-        self._order: list[tuple[int, tuple[bytes, ...]]] = []
+        self._order: list[bytes] = []  # packed (revision, keys) pairs, packed as they are read
         self._closed = False
 
     def __del__(self) -> None:
@@ -415,14 +405,14 @@ class StoreWalk:
                 self._hrev = r
                 keys = tuple(e.kv.key for e in evs if r > self.crev or e.type == PUT)
                 if len(keys) > 1:
-                    self._order.append((r, keys))
-            if time.perf_counter() >= deadline and self._hrev < self.rev:
-                return False
+                    self._order.append(pack((r, keys)))
+                if time.perf_counter() >= deadline and r < self.rev:  # a revision may hold many events
+                    return False
         self.close()
         return True
 
     def parts(self) -> list[bytes]:
-        """dump()'s format, a map {v, rev, crev, keys, order}, as pieces to join (off the loop)."""
+        """The store's snapshot format, a map {v, rev, crev, keys, order}, as pieces to join (off the loop)."""
         p = self._packer
         head = (
             p.pack_map_header(5)
@@ -435,8 +425,8 @@ class StoreWalk:
             + p.pack("keys")
             + p.pack_array_header(self._nkeys)
         )
-        tail = p.pack("order") + p.pack(self._order)
-        return [head, *self._pieces, tail]
+        tail = p.pack("order") + p.pack_array_header(len(self._order))
+        return [head, *self._pieces, tail, *self._order]
 
 
 def _kv_wire(kv: KV | None) -> list[object] | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from node.api.pb import rpc_pb2
 
-from .apply import STEP_BUDGET_S, KVStateMachine, to_pb
+from .apply import STEP_BUDGET_S, KVStateMachine, sort_key, to_pb
 from .mvcc import KV, StoreReplaced
 
 KEYS_PER_CHUNK = 256
@@ -90,16 +90,6 @@ class _Clock:
             self.t0 = time.perf_counter()
 
 
-def _sort_key(target: Any) -> Any:
-    return {
-        rpc_pb2.RangeRequest.KEY: lambda kv: kv.key,
-        rpc_pb2.RangeRequest.VERSION: lambda kv: kv.version,
-        rpc_pb2.RangeRequest.CREATE: lambda kv: kv.create_revision,
-        rpc_pb2.RangeRequest.MOD: lambda kv: kv.mod_revision,
-        rpc_pb2.RangeRequest.VALUE: lambda kv: kv.value,
-    }[target]
-
-
 async def _range(sm: KVStateMachine, r: rpc_pb2.RangeRequest, rev: int, header_rev: int, clock: _Clock) -> RangeOut:
     """Read r at rev (already checked and pinned by the caller), in chunks."""
     s = sm.store
@@ -136,9 +126,9 @@ async def _range(sm: KVStateMachine, r: rpc_pb2.RangeRequest, rev: int, header_r
     elif order != rpc_pb2.RangeRequest.NONE:
         rev_order = order == rpc_pb2.RangeRequest.DESCEND
         if len(kvs) > INLINE_SORT:  # our own list of immutable key-values: safe on a thread
-            kvs = await asyncio.to_thread(sorted, kvs, key=_sort_key(target), reverse=rev_order)
+            kvs = await asyncio.to_thread(sorted, kvs, key=sort_key(target), reverse=rev_order)
         else:
-            kvs = sorted(kvs, key=_sort_key(target), reverse=rev_order)
+            kvs = sorted(kvs, key=sort_key(target), reverse=rev_order)
     out = RangeOut(header_rev, len(kvs), False, [])
     if r.limit > 0 and len(kvs) > r.limit:
         kvs = kvs[: r.limit]

@@ -97,7 +97,6 @@ ERR_LEADER_CHANGED = "etcdserver: leader changed"
 
 class StateMachine(Protocol):
     def apply(self, index: int, payload: bytes) -> Any: ...
-    def snapshot(self) -> bytes: ...
     async def snapshot_async(self) -> bytes:
         """The state as of the call, built without holding the event loop for more than a few ms."""
         ...
@@ -141,6 +140,9 @@ class NodeConfig:
     snapshot_count: int = 10_000
     snapshot_catchup_entries: int = 5_000
     reserve_bytes: int = 8 << 20  # ballast file freed when the disk fills, so the alarm can be recorded
+    # a full disk counts as usable again only with this much free besides the reserve: without
+    # it the first write after the disarm would fill it again
+    disk_free_margin: int = 1 << 20
     enable_fault_injection: bool = False
     request_timeout: float = 5.0
     pre_vote: bool = True
@@ -190,6 +192,7 @@ class RaftNode:
         self.last_snapshot_index = 0
         self.disk_full = False
         self.on_disk_full: list[Callable[[], None]] = []
+        self._disk_clear_lock = asyncio.Lock()  # one reserve re-creation at a time (reserve.bin.tmp)
         self.on_fatal: Callable[[BaseException], None] = lambda _e: exit_process()
         self.fatal_error: BaseException | None = None
         self.loopmon = LoopMonitor(cfg.heartbeat_ms / 2000, name=cfg.name)
@@ -535,24 +538,48 @@ class RaftNode:
                 log.exception("a disk-full hook failed")
 
     async def try_clear_disk_full(self) -> bool:
-        """After space was freed (alarm disarm): re-create the reserve; only then is the disk usable.
+        """After space was freed (alarm disarm): re-create the reserve and check that the disk
+        really has room besides it; only then is the disk usable again.
 
-        The reserve is written and fsync'd on a worker thread: megabytes of I/O never run on the loop."""
-        if self.storage is None:
-            return False
-        if self.cfg.reserve_bytes > 0:
-            try:
-                ok = await asyncio.to_thread(self.storage.reserve_space, self.cfg.reserve_bytes)
-            except StorageError as e:
-                log.error("%s: cannot re-create the disk reserve: %s", self.cfg.name, e)
-                ok = False
-            if not ok:
-                log.warning("%s: still no room for the %d-byte disk reserve", self.cfg.name, self.cfg.reserve_bytes)
+        Serialized: two disarms applied back to back must not both write reserve.bin.tmp. The
+        reserve may still exist (a snapshot that hit the full disk did not need it), so its
+        presence proves nothing: the free space on the data dir's filesystem decides. The
+        reserve is written and fsync'd on a worker thread: megabytes of I/O never run on the loop."""
+        async with self._disk_clear_lock:
+            if self.storage is None:
                 return False
-        if self.disk_full:
-            log.info("%s: disk space available again; reserve re-created", self.cfg.name)
-        self.disk_full = False
-        return True
+            if self.cfg.reserve_bytes > 0:
+                try:
+                    ok = await asyncio.to_thread(self.storage.reserve_space, self.cfg.reserve_bytes)
+                except StorageError as e:
+                    log.error("%s: cannot re-create the disk reserve: %s", self.cfg.name, e)
+                    ok = False
+                if not ok:
+                    log.warning("%s: still no room for the %d-byte disk reserve", self.cfg.name, self.cfg.reserve_bytes)
+                    return False
+            free = await asyncio.to_thread(self.free_bytes)
+            if free is None or free < self.cfg.disk_free_margin:
+                log.warning(
+                    "%s: the disk is still full: %s bytes free in %s besides the reserve, %d needed",
+                    self.cfg.name,
+                    "unknown" if free is None else free,
+                    self.cfg.data_dir,
+                    self.cfg.disk_free_margin,
+                )
+                return False
+            if self.disk_full:
+                log.info("%s: disk space available again (%d bytes free); reserve re-created", self.cfg.name, free)
+            self.disk_full = False
+            return True
+
+    def free_bytes(self) -> int | None:
+        """Bytes an unprivileged writer can still use on the data dir's filesystem (None: unknown)."""
+        try:
+            st = os.statvfs(self.cfg.data_dir)
+        except OSError as e:
+            log.error("%s: cannot read the free space of %s: %s", self.cfg.name, self.cfg.data_dir, e)
+            return None
+        return st.f_bavail * st.f_frsize
 
     def _on_soft_state(self, lead: int, role: Role) -> None:
         assert self.raft is not None
@@ -739,12 +766,16 @@ class RaftNode:
         try:
             await asyncio.to_thread(self._save_snapshot_locked, storage, snap, release_before)
         except DiskFull as e:
+            # free the reserve as the WAL path does: the next WAL append needs the room, and a
+            # reserve left in place would let a disarm believe the disk has space again
+            freed = await asyncio.to_thread(storage.release_reserve)
             log.error(
-                "%s: disk full while saving the snapshot at index %d (%s); raising NOSPACE, serving on "
-                "without it (the WAL still holds every entry)",
+                "%s: disk full while saving the snapshot at index %d (%s); released the %d-byte reserve, "
+                "raising NOSPACE, serving on without it (the WAL still holds every entry)",
                 self.cfg.name,
                 index,
                 e,
+                freed,
             )
             self._set_disk_full()
             return
@@ -986,9 +1017,22 @@ class RaftNode:
 
 
 def _pack_envelope(members: list[Any], app: bytes) -> bytes:
-    """The snapshot body: membership plus the state machine's bytes (run on a worker thread)."""
-    out: bytes = msgpack.packb({"members": members, "app": app})
-    return out
+    """The snapshot body, the msgpack map {"members": ..., "app": <bin>} (run on a worker thread).
+
+    Built from parts and joined once: msgpack.packb would copy the app bytes twice while holding
+    the GIL (seconds for a large state, with the event loop and its heartbeats stuck behind it),
+    whereas bytes.join copies large buffers with the GIL released."""
+    n = len(app)
+    if n < 1 << 8:
+        head = b"\xc4" + n.to_bytes(1, "big")
+    elif n < 1 << 16:
+        head = b"\xc5" + n.to_bytes(2, "big")
+    elif n < 1 << 32:
+        head = b"\xc6" + n.to_bytes(4, "big")
+    else:
+        raise ValueError(f"snapshot of {n} bytes is larger than msgpack's 4 GiB bin limit")
+    parts = [b"\x82", msgpack.packb("members"), msgpack.packb(members), msgpack.packb("app"), head, app]
+    return b"".join(parts)
 
 
 def _ctx_request(ctx: bytes) -> tuple[int, int]:

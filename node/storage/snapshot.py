@@ -20,21 +20,32 @@ class SnapshotCorruption(Exception):
     pass
 
 
-def encode_snapshot(s: Snapshot) -> bytes:
+def _header(s: Snapshot) -> bytes:
     voters, learners = sorted(s.conf.voters), sorted(s.conf.learners)
-    body = (
+    return (
         _HEAD.pack(s.index, s.term, len(voters), len(learners))
         + struct.pack(f">{len(voters)}Q", *voters)
         + struct.pack(f">{len(learners)}Q", *learners)
-        + s.data
     )
-    return MAGIC + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def snapshot_parts(s: Snapshot) -> tuple[bytes, bytes, bytes]:
+    """MAGIC+header, the data, the crc: written one after the other, so the (large) data is never
+    copied into a new buffer. The crc covers header and data, computed incrementally."""
+    head = _header(s)
+    crc = zlib.crc32(s.data, zlib.crc32(head)) & 0xFFFFFFFF
+    return MAGIC + head, s.data, struct.pack(">I", crc)
+
+
+def encode_snapshot(s: Snapshot) -> bytes:
+    """The whole file as one buffer (tests and tools; save() writes the parts without joining)."""
+    return b"".join(snapshot_parts(s))
 
 
 def decode_snapshot(blob: bytes, where: str = "snapshot") -> Snapshot:
     if len(blob) < len(MAGIC) + _HEAD.size + 4 or blob[: len(MAGIC)] != MAGIC:
         raise SnapshotCorruption(f"{where}: not a quorumlab snapshot")
-    body, (crc,) = blob[len(MAGIC) : -4], struct.unpack(">I", blob[-4:])
+    body, (crc,) = memoryview(blob)[len(MAGIC) : -4], struct.unpack(">I", blob[-4:])  # no copy
     if zlib.crc32(body) & 0xFFFFFFFF != crc:
         raise SnapshotCorruption(f"{where}: checksum mismatch")
     index, term, nv, nl = _HEAD.unpack_from(body)
@@ -70,13 +81,39 @@ class SnapshotStore:
         """Write atomically; on any error (DiskFull when out of space) no partial file is left
         and the previous snapshots stay. Older snapshots beyond `keep` are removed after."""
         path = self.dir / f"{s.term:016x}-{s.index:016x}.snap"
-        self.io.write_file_atomic(path, encode_snapshot(s), "writing snapshot")
+        self._write_atomic(path, snapshot_parts(s))
         try:
             for _, old in self._files()[: -self.keep]:
                 self.io.unlink(old)
         except OSError as e:
             raise storage_error(e, self.dir, "removing old snapshots in") from e
         return path
+
+    def _write_atomic(self, path: Path, parts: tuple[bytes, ...]) -> None:
+        """FileIO.write_file_atomic for several buffers: temp file, write each part, fsync, rename,
+        fsync dir; on error the temp file is removed and the previous file stays."""
+        tmp = path.with_name(path.name + ".tmp")
+        fd = -1
+        try:
+            fd = self.io.create(tmp)
+            for part in parts:
+                self.io.write_all(fd, part)
+            self.io.fsync(fd)
+            self.io.close(fd)
+            fd = -1
+            self.io.rename(tmp, path)
+            self.io.fsync_dir(path.parent)
+        except OSError as e:
+            if fd >= 0:
+                try:
+                    self.io.close(fd)
+                except OSError:
+                    pass
+            try:
+                self.io.unlink(tmp)
+            except OSError:
+                pass
+            raise storage_error(e, path, "writing snapshot") from e
 
     def load(self) -> Snapshot | None:
         """The newest snapshot; a corrupted newest one is an error, not silently skipped."""
