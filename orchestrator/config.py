@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from node.kv.retention import MODES, RetentionError, parse_retention
+
 ENGINES = ("builtin", "etcd")
 NETWORKS = ("local", "netns")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-COMPACTION_MODES = ("periodic", "revision")
+COMPACTION_MODES = MODES
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 MAX_NODES = 99
 
@@ -194,15 +196,20 @@ def v_compaction_mode(v: Any) -> str:
     return _one_of(v, COMPACTION_MODES)
 
 
-_DURATION_RE = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")
-
-
 def v_compaction_retention(v: Any) -> str:
-    """etcd's --auto-compaction-retention: revisions to keep, or (periodic) a duration like 1h / 30m."""
+    """etcd's --auto-compaction-retention: revisions to keep, or (periodic) a duration like 1h / 30m.
+
+    The form is checked by the node's own parser (node.kv.retention), so both accept the same values;
+    cross_check then applies the mode (revision mode takes only a count)."""
     if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
         return str(v)
-    if isinstance(v, str) and (v.isdigit() or _DURATION_RE.match(v)):
-        return v
+    if isinstance(v, str):
+        try:
+            parse_retention("periodic", v)  # the most permissive mode: any count or duration
+        except RetentionError:
+            pass
+        else:
+            return v.strip()
     raise FieldError(f"expected a revision count (e.g. 10000) or a duration (e.g. 1h, 30m; 0 = off), got {v!r}")
 
 
@@ -260,7 +267,9 @@ def cross_check(cfg: ClusterConfig) -> tuple[str, str] | None:
             f"election_ms ({cfg.election_ms}) must be at least twice heartbeat_ms "
             f"({cfg.heartbeat_ms}); etcd recommends 10x"
         )
-    if cfg.compaction_mode == "revision" and not cfg.retention.isdigit():
+    try:
+        parse_retention(cfg.compaction_mode, cfg.retention)
+    except RetentionError:
         return "compaction_retention", (
             f"with compaction mode revision the retention is a revision count (e.g. 10000), got {cfg.retention!r}"
         )

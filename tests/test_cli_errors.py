@@ -78,15 +78,16 @@ CASES = [
 def case_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess[str]]]:
     """Run every case at once (a few in parallel: each is a fresh interpreter), each in its own empty dir."""
 
-    def one(argv: list[str]) -> tuple[Path, subprocess.CompletedProcess[str]]:
-        work = tmp_path_factory.mktemp("case")
+    def one(job: tuple[Path, list[str]]) -> tuple[Path, subprocess.CompletedProcess[str]]:
+        work, argv = job
         if argv[0] == "up":  # should the refusal ever break, the cluster must not land on etcd's default ports
             base = free_port_block(10)
             argv = [argv[0], "--timeout", "5", "--client-port", str(base), "--peer-port", str(base + 5), *argv[1:]]
         return work, orchestrate(work, "--root", str(work / "state"), *argv)
 
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(one, [argv for argv, _ in CASES]))
+        # tmp_path_factory is not thread-safe: make every case's dir before the threads start
+        results = list(pool.map(one, [(tmp_path_factory.mktemp("case"), argv) for argv, _ in CASES]))
     return {" ".join(argv): res for (argv, _), res in zip(CASES, results, strict=True)}
 
 

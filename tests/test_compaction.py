@@ -17,6 +17,7 @@ from node.kv import KVStateMachine
 from node.kv import apply as kv_apply
 from node.kv.apply import OP_COMPACT, OP_DELETE, OP_PUT, OP_TXN, encode
 from node.kv.mvcc import ERR_COMPACTED, StoreReplaced
+from node.kv.retention import Retention, RetentionError, go_duration, parse_retention
 from tests.procs import NodeProcs
 
 Make = Callable[..., NodeProcs]
@@ -81,7 +82,7 @@ async def test_snapshot_async_is_the_state_at_the_call_while_applies_continue(
 ) -> None:
     monkeypatch.setattr(kv_apply, "STEP_BUDGET_S", 0.0)  # yield after every chunk of keys
     sm, ap = _loaded()
-    expected = sm.snapshot()  # the state at the call, taken synchronously
+    expected = await sm.snapshot_async()  # the state at the call: nothing applies while it runs
     steps = 0
     applied_during = 0
     task = asyncio.get_running_loop().create_task(sm.snapshot_async())
@@ -120,9 +121,10 @@ async def test_restore_during_snapshot_walk_is_reported(monkeypatch: pytest.Monk
     monkeypatch.setattr(kv_apply, "STEP_BUDGET_S", 0.0)
     sm, _ = _loaded(600)
     other, _ = _loaded(10)
+    blob = await other.snapshot_async()
     task = asyncio.get_running_loop().create_task(sm.snapshot_async())
     await asyncio.sleep(0)
-    sm.restore(other.snapshot())
+    sm.restore(blob)
     with pytest.raises(StoreReplaced):
         await task
 
@@ -162,6 +164,38 @@ async def test_snapshot_holds_the_compacted_state_only_and_restores_old_format()
     assert old.store.range(b"a", b"", 2)[0].value == b"x"
     assert 7 in old.leases and old.nospace() and old.consistent_index == 9
     assert len(old.store.events_since(2)) == 2
+
+
+# -- the flags' values (node/kv/retention.py, shared by the node and the orchestrator) --------------
+
+
+def test_parse_retention_as_etcd() -> None:
+    P = parse_retention
+    assert P("periodic", "1") == Retention("periodic", seconds=3600.0)  # a bare integer is hours
+    assert P("revision", "1000") == Retention("revision", revisions=1000)
+    assert P("periodic", "1h30m") == Retention("periodic", seconds=5400.0)
+    assert P("periodic", " 90s ") == Retention("periodic", seconds=90.0)
+    assert P("periodic", "1.5h").seconds == 5400.0
+    assert P("periodic", ".5m").seconds == 30.0
+    assert P("periodic", "250ms").seconds == 0.25
+    assert P("periodic", "1m0.5s").seconds == 60.5
+    assert not P("periodic", "0").enabled and not P("revision", "0").enabled
+    assert P("periodic", "1s").enabled and P("revision", "1").enabled
+    assert go_duration("2h") == 7200.0 and go_duration("") is None and go_duration("h") is None
+    bad = [
+        ("daily", "1", "--auto-compaction-mode must be periodic or revision"),
+        ("periodic", "", "is not a number or a duration"),
+        ("periodic", "1d", "is not a number or a duration"),
+        ("periodic", "-1h", "is not a number or a duration"),
+        ("periodic", "1h 30m", "is not a number or a duration"),
+        ("periodic", "h1", "is not a number or a duration"),
+        ("periodic", "\u00b2", "is not a number or a duration"),  # isdigit() but not a number
+        ("revision", "5m", "revision mode takes a count of revisions"),
+    ]
+    for mode, value, msg in bad:
+        with pytest.raises(RetentionError) as e:
+            P(mode, value)
+        assert msg in str(e.value) and "\n" not in str(e.value), (mode, value)
 
 
 # -- auto-compaction on real nodes ------------------------------------------------------------------

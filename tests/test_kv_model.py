@@ -6,14 +6,19 @@ response, revision and watch event must agree with the model.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from node.api.pb import rpc_pb2
-from node.kv import KVError, KVStateMachine, WatchHub, WatchStream
+from node.kv import KVError, KVStateMachine, WatchHub, WatchStream, reads
 from node.kv.apply import OP_COMPACT, OP_DELETE, OP_PUT, OP_TXN, encode
 from node.kv.mvcc import ERR_COMPACTED, ERR_FUTURE_REV
 
@@ -63,6 +68,17 @@ def in_range(k: bytes, start: bytes, end: bytes) -> bool:
     return k == start if not end else start <= k < end
 
 
+# The production read path (node/kv/reads.py) as the API serves it: chunked, assembled as wire bytes.
+def read_range(loop: asyncio.AbstractEventLoop, sm: KVStateMachine, r: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+    out = loop.run_until_complete(reads.read_range(sm, r))
+    return rpc_pb2.RangeResponse.FromString(b"".join(out.parts(rpc_pb2.ResponseHeader(revision=out.revision))))
+
+
+def read_txn(loop: asyncio.AbstractEventLoop, sm: KVStateMachine, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+    out = loop.run_until_complete(reads.read_txn(sm, t))
+    return rpc_pb2.TxnResponse.FromString(b"".join(out.parts(rpc_pb2.ResponseHeader(revision=out.revision))))
+
+
 class KVMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -79,6 +95,11 @@ class KVMachine(RuleBasedStateMachine):
 
         self.stream = WatchStream(self.hub, send)
         self.stream.create(b"\x00", b"\x00", 1)  # every key, from the first revision
+        self.loop = asyncio.new_event_loop()  # reads and snapshots are coroutines
+
+    def teardown(self) -> None:
+        self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        self.loop.close()
 
     def apply(self, op: int, req: object) -> object:
         self.index += 1
@@ -128,7 +149,7 @@ class KVMachine(RuleBasedStateMachine):
     def version_compare_on_missing_key(self, k: bytes) -> None:
         # etcd: for a missing key, VERSION/CREATE/MOD compare against 0
         cmp = rpc_pb2.Compare(key=k, target=rpc_pb2.Compare.VERSION, result=rpc_pb2.Compare.EQUAL, version=0)
-        r = self.sm.read_txn(rpc_pb2.TxnRequest(compare=[cmp]))
+        r = read_txn(self.loop, self.sm, rpc_pb2.TxnRequest(compare=[cmp]))
         assert r.succeeded == (k not in self.m.cur)
 
     @rule(back=st.integers(0, 6))
@@ -150,21 +171,21 @@ class KVMachine(RuleBasedStateMachine):
         req = rpc_pb2.RangeRequest(key=k, range_end=end, revision=rev, limit=limit)
         if rev > self.m.rev:
             try:
-                self.sm.range(req)
+                read_range(self.loop, self.sm, req)
             except KVError as e:
                 assert str(e) == ERR_FUTURE_REV
                 return
             raise AssertionError("future revision accepted")
         if 0 < rev < self.m.compacted:
             try:
-                self.sm.range(req)
+                read_range(self.loop, self.sm, req)
             except KVError as e:
                 assert str(e) == ERR_COMPACTED
                 return
             raise AssertionError("compacted revision accepted")
         state = self.m.states[rev or self.m.rev]
         expect = sorted((x, y) for x, y in state.items() if (x >= k if prefix else x == k))
-        r = self.sm.range(req)
+        r = read_range(self.loop, self.sm, req)
         assert r.count == len(expect)
         want = expect[:limit] if limit else expect
         assert [(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in r.kvs] == [
@@ -204,7 +225,7 @@ class KVMachine(RuleBasedStateMachine):
     def snapshot_roundtrip(self) -> None:
         if self.index % 7 == 3:
             other = KVStateMachine()
-            other.restore(self.sm.snapshot())
+            other.restore(self.loop.run_until_complete(self.sm.snapshot_async()))
             assert other.store.revision == self.sm.store.revision
             assert other.store.range(b"\x00", b"\x00") == self.sm.store.range(b"\x00", b"\x00")
             # the watch history is rebuilt from the versions, in each request's own order
@@ -222,7 +243,8 @@ KVMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
 test_kv_against_model = KVMachine.TestCase
 
 
-# -- chunked reads (node/kv/reads.py) give exactly the direct reads' replies -----------------------
+# -- chunked reads (node/kv/reads.py) give exactly the replies of the same reads inside an applied
+# -- Txn (the other production read path: a Range in a Txn must answer as a plain Range) -----------
 
 
 def _chunked_store() -> KVStateMachine:
@@ -238,6 +260,14 @@ def _chunked_store() -> KVStateMachine:
         idx += 1
         sm.apply(idx, encode(OP_DELETE, rpc_pb2.DeleteRangeRequest(key=b"k%04d" % i)))
     return sm
+
+
+def _applied_txn(sm: KVStateMachine, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+    """t applied through the log path (read-only, so nothing changes but the applied index)."""
+    rev = sm.store.revision
+    resp = sm.apply(sm.consistent_index + 1, encode(OP_TXN, t))
+    assert isinstance(resp, rpc_pb2.TxnResponse) and sm.store.revision == rev
+    return resp
 
 
 def _range_requests() -> list[rpc_pb2.RangeRequest]:
@@ -260,17 +290,17 @@ def _range_requests() -> list[rpc_pb2.RangeRequest]:
     return out
 
 
-def test_chunked_range_matches_direct_range() -> None:
-    import asyncio
-
-    from node.kv import reads
-
+def test_chunked_range_matches_range_in_txn() -> None:
     sm = _chunked_store()
-    for r in _range_requests():
-        out = asyncio.run(reads.read_range(sm, r))
-        hdr = rpc_pb2.ResponseHeader(revision=sm.store.revision)
-        got = rpc_pb2.RangeResponse.FromString(b"".join(out.parts(hdr)))
-        want = sm.range(r)
+    loop = asyncio.new_event_loop()
+    try:
+        got_all = [read_range(loop, sm, r) for r in _range_requests()]
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+    for r, got in zip(_range_requests(), got_all, strict=True):
+        applied = _applied_txn(sm, rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=r)]))
+        want = applied.responses[0].response_range
         if r.sort_order == r.NONE or r.sort_target == r.KEY:
             assert got == want, r
         else:  # ties in the sort key may come in any order, as etcd's
@@ -281,11 +311,7 @@ def test_chunked_range_matches_direct_range() -> None:
             assert sorted(kv.key for kv in got.kvs) == sorted(kv.key for kv in want.kvs) or r.limit, r
 
 
-def test_chunked_read_txn_matches_direct_read_txn() -> None:
-    import asyncio
-
-    from node.kv import reads
-
+def test_chunked_read_txn_matches_applied_txn() -> None:
     sm = _chunked_store()
     ranges = [rpc_pb2.RequestOp(request_range=r) for r in _range_requests()[:10]]
     cmp_true = rpc_pb2.Compare(key=b"k0001", target=rpc_pb2.Compare.VERSION, result=rpc_pb2.Compare.EQUAL, version=1)
@@ -301,7 +327,7 @@ def test_chunked_read_txn_matches_direct_read_txn() -> None:
     ):
         out = asyncio.run(reads.read_txn(sm, t))
         got = rpc_pb2.TxnResponse.FromString(b"".join(out.parts(rpc_pb2.ResponseHeader(revision=sm.store.revision))))
-        want = sm.read_txn(t)
+        want = _applied_txn(sm, t)
 
         def etcd_headers(resp: rpc_pb2.TxnResponse) -> None:
             for op in resp.responses:  # etcd: a nested txn's header is present and empty
@@ -311,3 +337,59 @@ def test_chunked_read_txn_matches_direct_read_txn() -> None:
 
         etcd_headers(want)
         assert got == want
+
+
+# -- big reads and snapshots hold the loop only in short steps ----------------------------------------
+# CPU time of this thread between two turns of a ticker task: what a step cost the event loop. It does
+# not count time spent waiting for a CPU, so unlike wall-clock stalls it does not depend on the load
+# of the machine. The old blocking Range (and the old synchronous snapshot) held the loop for the
+# whole read: ~70 ms of CPU for this store, ~180 ms for 51k keys.
+MAX_STEP_CPU_S = 0.02
+
+
+def _big_store(n: int = 40_000) -> KVStateMachine:
+    sm = KVStateMachine()
+    for t in range(n // 128):
+        ops = [
+            rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"big/%05d" % (t * 128 + i), value=b"v" * 200))
+            for i in range(128)
+        ]
+        sm.apply(t + 1, encode(OP_TXN, rpc_pb2.TxnRequest(success=ops)))
+    return sm
+
+
+async def _max_step_cpu(make: Callable[[], Coroutine[Any, Any, object]]) -> tuple[float, int]:
+    last, worst, turns = time.thread_time(), 0.0, 0
+    task = asyncio.get_running_loop().create_task(make())
+    while not task.done():
+        await asyncio.sleep(0)
+        now = time.thread_time()
+        worst, last, turns = max(worst, now - last), now, turns + 1
+    task.result()
+    return worst, turns
+
+
+def test_big_reads_and_snapshots_hold_the_loop_in_short_steps() -> None:
+    sm = _big_store()
+    R = rpc_pb2.RangeRequest
+    whole = R(key=b"big/", range_end=b"big0")
+    by_value = R(key=b"big/", range_end=b"big0", sort_target=R.VALUE, sort_order=R.DESCEND)
+    txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=whole)] * 2)
+    cases: list[tuple[str, Callable[[], Coroutine[Any, Any, object]]]] = [
+        ("range", lambda: reads.read_range(sm, whole)),
+        ("sorted range", lambda: reads.read_range(sm, by_value)),
+        ("read-only txn", lambda: reads.read_txn(sm, txn)),
+        ("snapshot", sm.snapshot_async),  # its call fixes the state: counted too
+    ]
+    loop = asyncio.new_event_loop()
+    gc.collect()
+    gc.disable()  # a full collection of this big heap would be a pause of the interpreter, not of a step
+    try:
+        for name, make in cases:
+            worst, turns = loop.run_until_complete(_max_step_cpu(make))
+            assert worst < MAX_STEP_CPU_S, f"{name}: one step held the loop for {worst * 1000:.0f} ms of CPU"
+            assert turns > 10, f"{name}: done in {turns} turns of the loop"
+    finally:
+        gc.enable()
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()

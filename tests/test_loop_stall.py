@@ -7,8 +7,14 @@ election 1000 ms), a keyspace of ~40k keys and several MB (what makes a synchron
 snapshot or reply expensive is the number of keys), a small --snapshot-count so
 several snapshots happen during a bounded put load, and concurrent whole-keyspace
 reads (serializable and linearizable). Nothing is injected, so the leader must never
-change, and each node's own loop-lag monitor must never have seen its own work hold
-the loop for half a heartbeat.
+change and no node's loop may stall for an election timeout.
+
+The stall bounds are the promise, not a benchmark: on a loaded shared 2-core box a normal run
+shows loop_stall_busy_max_ms up to ~85 ms (a turn of the loop runs many 2 ms steps of many
+clients) and loop_stall_max_ms up to ~450 ms, the same as with the old synchronous snapshot
+planted back (69-81 ms busy), so no wall- or CPU-clock bound here can tell them apart. The
+short steps themselves are checked load-independently in tests/test_kv_model.py
+(test_big_reads_and_snapshots_hold_the_loop_in_short_steps).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from tests.procs import NodeProcs
 Make = Callable[..., NodeProcs]
 
 HEARTBEAT_MS = 100
+ELECTION_MS = 1000
 PRELOAD_KEYS = 40_000  # small values, written 128 to a txn: the key count is what costs CPU
 LOAD_S = 6.0
 WRITERS = 16
@@ -43,7 +50,7 @@ async def test_put_load_with_big_prefix_reads_keeps_the_leader_and_the_loop_resp
     cl = node_cluster(
         3,
         heartbeat_ms=HEARTBEAT_MS,
-        election_ms=1000,
+        election_ms=ELECTION_MS,
         extra=["--snapshot-count", "100", "--snapshot-catchup-entries", "100"],
     )
     cl.start_all()
@@ -114,9 +121,8 @@ async def test_put_load_with_big_prefix_reads_keeps_the_leader_and_the_loop_resp
         assert s["term"] == before[n]["term"], f"{n}: term {before[n]['term']} -> {s['term']}"
         assert s["leader_changes"] == before[n]["leader_changes"], f"{n}: leader changed during the load"
         assert s["snapshot_index"] > before[n]["snapshot_index"], f"{n} made no snapshot during the load"
-        # our own code never held the loop for half a heartbeat (the part of each stall the loop
-        # thread was running; on a shared 2-core box the rest it waited for a CPU) ...
+        # no stall, CPU or not, reached the election timeout (what would cost the leadership) ...
+        assert s["loop_stall_max_ms"] < ELECTION_MS, f"{n}: event loop stalled {s['loop_stall_max_ms']} ms"
+        # ... and our own code never ran for half of it without yielding
         busy = s["loop_stall_busy_max_ms"]
-        assert busy < HEARTBEAT_MS / 2, f"{n}: its own work held the event loop {busy} ms"
-        # ... and no stall at all, CPU or not, came near the election timeout
-        assert s["loop_stall_max_ms"] < 5 * HEARTBEAT_MS, f"{n}: event loop stalled {s['loop_stall_max_ms']} ms"
+        assert busy < ELECTION_MS / 2, f"{n}: its own work held the event loop {busy} ms"

@@ -21,7 +21,6 @@ import random
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,10 +403,8 @@ def run_case(seed: int) -> None:
 
 
 def test_power_loss_at_random_points_never_loses_acknowledged_state() -> None:
-    t0 = time.monotonic()
     for seed in range(300):
         run_case(seed)
-    assert time.monotonic() - t0 < 20  # a few seconds normally; bounded even on a loaded machine
 
 
 # ---------------------------------------------------------------------------------------------
