@@ -162,20 +162,30 @@ def _list_ns() -> list[str]:
     return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
 
 
-def cleanup_all(prefix: str = "ql-") -> list[str]:
-    """Remove every quorumlab namespace and bridge on this machine (idempotent)."""
-    removed = []
-    for ns in _list_ns():
-        if ns.startswith(prefix):
-            _run(["ip", "netns", "del", ns], check=False)
-            removed.append(ns)
+def netdevs(prefix: str = "ql-") -> set[str]:
+    """quorumlab's namespaces (ql-…) and bridges (qlb-…) on this machine."""
+    found = {ns for ns in _list_ns() if ns.startswith(prefix)}
     r = _run(["ip", "-o", "link", "show", "type", "bridge"], check=False)
     for line in r.stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith("qlb-"):
+            found.add(name)
+    return found
+
+
+def remove_netdevs(names: set[str]) -> list[str]:
+    """Delete exactly these namespaces and bridges (idempotent); returns what was named."""
+    for name in sorted(names):
+        if name.startswith("qlb-"):
             _run(["ip", "link", "del", name], check=False)
-            removed.append(name)
-    return removed
+        else:
+            _run(["ip", "netns", "del", name], check=False)
+    return sorted(names)
+
+
+def cleanup_all(prefix: str = "ql-") -> list[str]:
+    """Remove every quorumlab namespace and bridge on this machine (idempotent): `chaos cleanup`."""
+    return remove_netdevs(netdevs(prefix))
 
 
 class NetnsBackend:

@@ -13,7 +13,7 @@ import pytest
 
 from chaos import experiment as exp
 from chaos.history import load
-from chaos.net import cleanup_all, netns_available
+from chaos.net import netdevs, netns_available, remove_netdevs
 from orchestrator.ports import port_block
 from tests.procs import REPO
 
@@ -59,12 +59,13 @@ async def test_quorum_table_matches_the_notes(tmp_path: Path) -> None:
 @pytest.mark.skipif(NETNS_WHY is not None, reason=f"netns backend unavailable: {NETNS_WHY}")
 @pytest.mark.parametrize("name", ["split-3-3", "split-4-2", "leader-isolation"])
 async def test_partitions_with_real_iptables_in_namespaces(name: str, tmp_path: Path) -> None:
+    before = netdevs()
     try:
         r = await _run(name, tmp_path, net="netns")
         _assert_ran(r)
         assert any(e["kind"] == "fault" and "partition" in e["what"] for e in r.events)
     finally:
-        left = cleanup_all()
+        left = remove_netdevs(netdevs() - before)  # only what this test made: never a user's cluster's
     assert left == [], f"the experiment left namespaces behind: {left}"
 
 
@@ -76,12 +77,13 @@ async def test_latency_under_netns_falls_back_to_the_nodes(tmp_path: Path) -> No
         "  - delay: {ms: 80, nodes: leader}\n  - expect: {writable: true, within: 5}\n  - heal: {}\n"
         "checks: [linearizable]\n"
     )
+    before = netdevs()
     try:
         r = await _run(str(f), tmp_path, net="netns")
         _assert_ran(r)
         assert any("added latency 80 ms" in e["what"] for e in r.events)
     finally:
-        cleanup_all()
+        remove_netdevs(netdevs() - before)
 
 
 @pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd binary not installed (Debian package etcd-server)")
@@ -95,11 +97,12 @@ async def test_experiment_against_real_etcd(tmp_path: Path) -> None:
     reason="needs etcd and the netns backend (root) to partition real etcd",
 )
 async def test_real_etcd_split_with_iptables(tmp_path: Path) -> None:
+    before = netdevs()
     try:
         r = await _run("split-4-2", tmp_path, engine="etcd", net="netns")
         _assert_ran(r)
     finally:
-        cleanup_all()
+        remove_netdevs(netdevs() - before)
 
 
 def _orch(root: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
