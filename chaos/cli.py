@@ -12,18 +12,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchestrator.config import flag_type
+from orchestrator.context import Ctx
 
 from . import experiment as exp
 from .checker import check
 from .faults import Chaos, FaultError
 from .history import load
 from .net import NetError, cleanup_all
-
-if TYPE_CHECKING:
-    from orchestrator.cli import Ctx
 
 
 async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:

@@ -4,8 +4,9 @@
   installed over the Admin API and enforced in each node's peer transport.
   Only our builtin engine has them.
 * ``netns`` — root: every node lives in its own network namespace with its
-  own address on a bridge; partitions and loss are real iptables rules inside
-  the namespaces (INPUT and OUTPUT, by peer address). Works for both engines.
+  own address on a bridge (placed by orchestrator/netns.py); partitions and
+  loss are real iptables rules inside the namespaces (INPUT and OUTPUT, by peer
+  address). Works for both engines.
   Latency needs tc netem, which some kernels lack: then it is refused with a
   clear message and the local backend can add it instead (builtin engine).
 
@@ -17,18 +18,12 @@ so applying and undoing faults is idempotent and a crash leaves nothing that
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
 from node.client import ClientError
 from orchestrator.cluster import Cluster
-
-
-class NetError(Exception):
-    pass
+from orchestrator.netns import NetError, list_ns, netns_available, run
 
 
 @dataclass(frozen=True)
@@ -80,92 +75,10 @@ class LocalBackend:
         await self.apply([])
 
 
-def _run(args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(args, capture_output=True, text=True, timeout=20)
-    if check and r.returncode != 0:
-        raise NetError(f"{' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
-    return r
-
-
-def netns_available() -> str | None:
-    """None when namespaces and iptables can be used; otherwise the reason they cannot."""
-    if os.geteuid() != 0:
-        return "network namespaces and iptables need root"
-    for tool in ("ip", "iptables"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian: iproute2, iptables)"
-    return None
-
-
-class Netns:
-    """Namespaces, veths and a bridge for one cluster: ql-<tag>-<node>, qlb-<tag>, 10.231.<k>.0/24.
-
-    The addresses belong to test hosts this cluster created inside its own
-    namespaces; nothing is routed beyond the bridge.
-    """
-
-    SUBNET_BASE = "10.231"
-
-    def __init__(self, tag: str, subnet: int) -> None:
-        if len(tag) > 6 or not tag.isalnum():
-            raise NetError(f"netns tag {tag!r} must be 1-6 alphanumerics")
-        self.tag = tag
-        self.subnet = subnet
-        self.bridge = f"qlb-{tag}"
-
-    def ns(self, node_index: int) -> str:
-        return f"ql-{self.tag}-{node_index}"
-
-    def address(self, node_index: int) -> str:
-        return f"{self.SUBNET_BASE}.{self.subnet}.{node_index + 1}"
-
-    def gateway(self) -> str:
-        return f"{self.SUBNET_BASE}.{self.subnet}.254"
-
-    def create(self, count: int) -> None:
-        why = netns_available()
-        if why:
-            raise NetError(why)
-        if _run(["ip", "link", "show", self.bridge], check=False).returncode != 0:
-            _run(["ip", "link", "add", self.bridge, "type", "bridge"])
-            _run(["ip", "addr", "add", f"{self.gateway()}/24", "dev", self.bridge])
-            _run(["ip", "link", "set", self.bridge, "up"])
-        for i in range(count):
-            self.add_host(i)
-
-    def add_host(self, i: int) -> None:
-        ns, veth = self.ns(i), f"qlv-{self.tag}-{i}"
-        if _run(["ip", "netns", "pids", ns], check=False).returncode == 0 and ns in _list_ns():
-            return
-        _run(["ip", "netns", "add", ns])
-        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
-        _run(["ip", "link", "set", veth, "master", self.bridge, "up"])
-        ex = ["ip", "netns", "exec", ns]
-        _run([*ex, "ip", "addr", "add", f"{self.address(i)}/24", "dev", "eth0"])
-        _run([*ex, "ip", "link", "set", "eth0", "up"])
-        _run([*ex, "ip", "link", "set", "lo", "up"])
-
-    def destroy(self) -> list[str]:
-        removed = []
-        for ns in _list_ns():
-            if ns.startswith(f"ql-{self.tag}-"):
-                _run(["ip", "netns", "del", ns], check=False)
-                removed.append(ns)
-        if _run(["ip", "link", "show", self.bridge], check=False).returncode == 0:
-            _run(["ip", "link", "del", self.bridge], check=False)
-            removed.append(self.bridge)
-        return removed
-
-
-def _list_ns() -> list[str]:
-    r = _run(["ip", "netns", "list"], check=False)
-    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
-
-
 def netdevs(prefix: str = "ql-") -> set[str]:
     """quorumlab's namespaces (ql-…) and bridges (qlb-…) on this machine."""
-    found = {ns for ns in _list_ns() if ns.startswith(prefix)}
-    r = _run(["ip", "-o", "link", "show", "type", "bridge"], check=False)
+    found = {ns for ns in list_ns() if ns.startswith(prefix)}
+    r = run(["ip", "-o", "link", "show", "type", "bridge"], check=False)
     for line in r.stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith("qlb-"):
@@ -177,9 +90,9 @@ def remove_netdevs(names: set[str]) -> list[str]:
     """Delete exactly these namespaces and bridges (idempotent); returns what was named."""
     for name in sorted(names):
         if name.startswith("qlb-"):
-            _run(["ip", "link", "del", name], check=False)
+            run(["ip", "link", "del", name], check=False)
         else:
-            _run(["ip", "netns", "del", name], check=False)
+            run(["ip", "netns", "del", name], check=False)
     return sorted(names)
 
 
@@ -229,18 +142,18 @@ class NetnsBackend:
         for n in names:
             ns = self._ns_of(n)
             ex = ["ip", "netns", "exec", ns, "iptables"]
-            if _run([*ex, "-n", "-L", self.CHAIN], check=False).returncode != 0:
-                _run([*ex, "-N", self.CHAIN])
-                _run([*ex, "-I", "INPUT", "-j", self.CHAIN])
-                _run([*ex, "-I", "OUTPUT", "-j", self.CHAIN])
-            _run([*ex, "-F", self.CHAIN])
+            if run([*ex, "-n", "-L", self.CHAIN], check=False).returncode != 0:
+                run([*ex, "-N", self.CHAIN])
+                run([*ex, "-I", "INPUT", "-j", self.CHAIN])
+                run([*ex, "-I", "OUTPUT", "-j", self.CHAIN])
+            run([*ex, "-F", self.CHAIN])
             for r in rules:
                 peers = [p for p in names if p != n]
                 for p in peers:
                     if r.src in ("*", n) and r.dst in ("*", p):
-                        _run([*ex, "-A", self.CHAIN, "-d", self._addr(p), *self._target(r)])  # n sends to p
+                        run([*ex, "-A", self.CHAIN, "-d", self._addr(p), *self._target(r)])  # n sends to p
                     if r.src in ("*", p) and r.dst in ("*", n):
-                        _run([*ex, "-A", self.CHAIN, "-s", self._addr(p), *self._target(r)])  # n receives from p
+                        run([*ex, "-A", self.CHAIN, "-s", self._addr(p), *self._target(r)])  # n receives from p
 
     @staticmethod
     def _target(r: NetRule) -> list[str]:

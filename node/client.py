@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from node.api.pb import admin_pb2, admin_pb2_grpc, kv_pb2, rpc_pb2, rpc_pb2_grpc
+from node.pb import admin_pb2, admin_pb2_grpc, kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 2**31 - 1),

@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 from node.client import ClientError
@@ -17,27 +16,11 @@ from node.client import ClientError
 from . import config as cfgmod
 from . import kvcli
 from .cluster import Cluster, ClusterView, NodeStartError, OrchestrateError
+from .context import Ctx
 from .engines import EngineError
+from .fmt import alarms_text, human_bytes, stall_text
+from .netns import netns_available
 from .quorum import explain, table
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n //= 1024  # type: ignore[assignment]
-    return f"{n}B"
-
-
-def stall_text(p99: float | None, mx: float | None) -> str:
-    """Event-loop stall over the last minute as 'p99/max' ms; '-' when the engine does not report it."""
-    if p99 is None and mx is None:
-        return "-"
-    return f"{p99 or 0:.0f}/{mx or 0:.0f}"
-
-
-def alarms_text(alarms: list[str] | None) -> str:
-    return ",".join(alarms) if alarms else "-"
 
 
 def render(view: ClusterView, usage: bool = True) -> str:
@@ -96,29 +79,6 @@ def _end_progress() -> None:
         sys.stderr.write("\r\033[K")
 
 
-class Ctx:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.cfg = cfgmod.load(Path(args.config) if args.config else None)
-        root = args.root or os.environ.get("QUORUMLAB_HOME") or self.cfg.data_dir
-        self.root = Path(os.path.abspath(os.path.expanduser(root)))  # nodes only ever get absolute paths
-        self.name = args.name or self._default_name()
-        self.after: Callable[[], int] | None = None
-
-    def _default_name(self) -> str:
-        from .state import StateDir
-
-        if self.args.config or self.args.cmd == "up":
-            return self.cfg.name
-        known = StateDir.clusters(self.root)
-        if self.cfg.name in known or len(known) != 1:
-            return self.cfg.name
-        return known[0]
-
-    def cluster(self) -> Cluster:
-        return Cluster(self.root, self.name)
-
-
 # -- verbs ----------------------------------------------------------------------------------
 UP_FLAGS = {  # `up` flag (argparse dest) -> ClusterConfig field: validated by the field's own validator
     "nodes": "nodes",
@@ -141,8 +101,6 @@ async def cmd_up(ctx: Ctx, a: argparse.Namespace) -> int:
     flags: dict[str, Any] = {field: getattr(a, dest) for dest, field in UP_FLAGS.items()}
     cfg = cfgmod.apply_flags(ctx.cfg, flags)
     if cfg.network == "netns":
-        from chaos.net import netns_available
-
         why = netns_available()
         if why:
             raise OrchestrateError(f"--net netns: {why}; use --net local (in-process fault rules) instead")

@@ -20,6 +20,7 @@ from node.client import Client, ClientError
 from . import engines
 from .config import ClusterConfig
 from .launcher import LocalLauncher
+from .netns import Netns, netns_identity
 from .quorum import explain, fault_tolerance, quorum
 from .state import ClusterState, NodeRecord, StateDir
 
@@ -137,14 +138,6 @@ class ClusterView:
             "notes": explain(self.n)[1:],
             "nodes": [v.to_dict() for v in self.nodes],
         }
-
-
-def netns_identity(state_path: Path) -> tuple[str, int]:
-    """A short tag and a /24 for this cluster's namespaces, stable for its state directory."""
-    import hashlib
-
-    h = hashlib.sha1(str(state_path.resolve()).encode()).hexdigest()
-    return h[:6], 1 + int(h[6:10], 16) % 250
 
 
 def port_free(address: str, port: int) -> bool:
@@ -270,15 +263,12 @@ class Cluster:
                     f"data dir {d} belongs to cluster {owner[1]}, but cluster {self.name!r} is {st.cluster_id}; {fix}"
                 )
 
-    def netns(self) -> Any:
-        from chaos.net import Netns
-
+    def netns(self) -> Netns | None:
+        """This cluster's namespace layout; None unless it runs with --net netns."""
         info = self.st.extra.get("netns")
         return Netns(info["tag"], info["subnet"]) if info else None
 
     def _place_in_netns(self, st: ClusterState, name: str, index: int) -> None:
-        from chaos.net import Netns
-
         info = st.extra["netns"]
         nn = Netns(info["tag"], info["subnet"])
         rec = st.nodes[name]
@@ -775,9 +765,10 @@ class Cluster:
         if name in st.nodes:
             shutil.rmtree(self.dir.data_dir(name), ignore_errors=True)
         st.nodes[name] = rec
-        if st.extra.get("netns"):
+        nn = self.netns()
+        if nn is not None:
             self._place_in_netns(st, name, idx)
-            self.netns().add_host(idx)
+            nn.add_host(idx)
         try:
             self.check_ports([name])
         except OrchestrateError:

@@ -8,13 +8,12 @@ import json
 import re
 import shlex
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from node.api.pb import rpc_pb2
 from node.client import Client, prefix_end
+from node.pb import rpc_pb2
 
-if TYPE_CHECKING:
-    from .cli import Ctx
+from .context import Ctx
 
 SORT_TARGETS = {"KEY": 0, "VERSION": 1, "CREATE": 2, "MODIFY": 3, "VALUE": 4}
 SORT_ORDERS = {"ASCEND": 1, "DESCEND": 2}

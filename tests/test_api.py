@@ -14,8 +14,8 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from node.api.pb import rpc_pb2
 from node.client import ClientError
+from node.pb import rpc_pb2
 from tests.procs import NodeProcs
 
 Make = Callable[..., NodeProcs]

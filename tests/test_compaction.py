@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import pytest
 
-from node.api.pb import rpc_pb2
 from node.client import ClientError
 from node.kv import KVStateMachine
 from node.kv import apply as kv_apply
 from node.kv.apply import OP_COMPACT, OP_DELETE, OP_PUT, OP_TXN, encode
 from node.kv.mvcc import ERR_COMPACTED, StoreReplaced
 from node.kv.retention import Retention, RetentionError, go_duration, parse_retention
+from node.pb import rpc_pb2
 from tests.procs import NodeProcs
 
 Make = Callable[..., NodeProcs]

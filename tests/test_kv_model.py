@@ -17,10 +17,10 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from node.api.pb import rpc_pb2
 from node.kv import KVError, KVStateMachine, WatchHub, WatchStream, reads
 from node.kv.apply import OP_COMPACT, OP_DELETE, OP_PUT, OP_TXN, encode
 from node.kv.mvcc import ERR_COMPACTED, ERR_FUTURE_REV
+from node.pb import rpc_pb2
 
 KEYS = [b"a", b"ab", b"b", b"ba", b"c"]
 keys = st.sampled_from(KEYS)

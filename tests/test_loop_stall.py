@@ -23,8 +23,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from node.api.pb import rpc_pb2
 from node.client import Client, ClientError
+from node.pb import rpc_pb2
 from tests.procs import NodeProcs
 
 Make = Callable[..., NodeProcs]

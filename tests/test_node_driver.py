@@ -25,11 +25,13 @@ from typing import Any
 import msgpack
 import pytest
 
+from node.api.admin_service import node_status
 from node.api.compactor import Compactor
 from node.kv import KVStateMachine
 from node.kv.retention import Retention
 from node.raft import NONE, Config, ConfState, Entry, HardState, Message, MsgType, Raft, Ready, Role, Snapshot
-from node.server.raftnode import NodeConfig, NodeError, RaftNode, _pack_envelope
+from node.server.raftnode import NodeConfig, NodeError, RaftNode
+from node.server.snapshotter import pack_envelope
 from node.storage import DiskFull
 
 
@@ -333,7 +335,7 @@ async def test_disk_full_releases_the_reserve_raises_the_hook_and_retries(driven
     await d.settle()
     assert d.storage.released == 8 << 20
     assert d.node.disk_full and hooks == [True]
-    assert d.node.status_dict()["disk_full"] is True
+    assert node_status(d.node)["disk_full"] is True
     votes = d.journal.sends(MsgType.VOTE_RESP)
     assert votes and not votes[0][0].reject  # the retried persist succeeded: the node carries on
     _check_sent_only_what_is_durable(d.journal)
@@ -388,18 +390,30 @@ async def test_a_bug_in_the_raft_loop_is_fatal_but_a_dropped_proposal_is_not(dri
     assert len(d.fatal) == 1 and isinstance(d.fatal[0], ValueError) and "99" in str(d.fatal[0])
 
 
-async def test_an_exception_from_an_apply_hook_is_fatal(driven: Make) -> None:
+async def test_an_exception_from_raft_step_is_fatal(driven: Make, caplog: pytest.LogCaptureFixture) -> None:
+    """An append that would overwrite a committed entry (a broken leader) makes the core raise: never swallowed."""
+    d = driven([1, 2, 3])
+    await d.settle()  # the bootstrap entries 1..3 (term 1) are committed
+    with caplog.at_level(logging.CRITICAL, logger="quorumlab.node"):
+        d.deliver(Message(MsgType.APP, to=1, frm=2, term=2, log_term=1, index=3, entries=[Entry(3, 2, data=b"x")]))
+        await d.settle()
+    assert len(d.fatal) == 1 and "conflicts with committed" in str(d.fatal[0])
+    assert d.node._stopping and not d.journal.sends(MsgType.APP_RESP)
+    assert any(r.levelno == logging.CRITICAL and r.exc_info for r in caplog.records)
+
+
+async def test_an_exception_from_a_hook_in_the_ready_loop_is_fatal(driven: Make) -> None:
     d = driven([1])
     await d.settle()
 
-    def hook(index: int) -> None:
-        if index >= 3:
-            raise RuntimeError("watch hub bug")
+    def hook(old: int, new: int) -> None:
+        if new == 1:
+            raise RuntimeError("lessor bug")
 
-    d.node.on_apply_hooks.append(hook)
+    d.node.on_leader_change.append(hook)
     d.node.campaign()
     await _until(lambda: bool(d.fatal))
-    assert "watch hub bug" in str(d.fatal[0])
+    assert "lessor bug" in str(d.fatal[0])
     with pytest.raises(NodeError, match="server stopped"):
         await d.node.propose(b"x", timeout=1.0)
 
@@ -441,7 +455,7 @@ async def test_snapshot_runs_in_the_background_one_at_a_time(driven: Make) -> No
     # the snapshot holds the state as of the moment it started, labelled with that index
     assert msgpack.unpackb(blob["app"]) == [i for i in d.sm.items if i <= snap.index]
     assert snap.index < d.raft.log.applied
-    assert d.node.last_snapshot_index == snap.index and d.raft.log.snapshot.index == snap.index
+    assert d.node.snapshotter.last_index == snap.index and d.raft.log.snapshot.index == snap.index
     assert release_before == d.raft.log.offset + 1 == snap.index - 5 + 1
     # the next one starts after more applies (the backlog is already >= snapshot_count)
     await _propose_n(d, 1, "c")
@@ -460,7 +474,7 @@ async def test_snapshot_disk_full_keeps_serving_other_errors_are_fatal(driven: M
     assert d.node.disk_full and not d.fatal
     await _propose_n(d, 3, "b")  # still serving
     d.storage.snap_fail = [PermissionError(errno.EPERM, "Operation not permitted")]
-    await _until(lambda: d.node._snap_task is None)
+    await _until(lambda: d.node.snapshotter.task is None)
     with contextlib.suppress(NodeError):
         await _propose_n(d, 12, "c")  # the member stops while these are in flight
     await _until(lambda: bool(d.fatal))
@@ -476,7 +490,7 @@ async def test_snapshot_disk_full_releases_the_reserve_and_disarm_needs_real_fre
     d.storage.snap_fail = [DiskFull("No space left on device")]
     await _propose_n(d, 12, "a")
     await _until(lambda: d.node.disk_full)
-    await _until(lambda: d.node._snap_task is None)
+    await _until(lambda: d.node.snapshotter.task is None)
     assert d.storage.released == 8 << 20 and d.storage.reserve == 0
     # the reserve can be written again (a few MB were freed elsewhere) but the disk is still
     # full around it: not cleared
@@ -519,7 +533,7 @@ def test_snapshot_envelope_is_the_same_msgpack_map() -> None:
     members = [[1, "n1", ["http://127.0.0.1:1"], ["http://127.0.0.1:2"], False]]
     for n in (0, 5, 255, 256, 65535, 65536, 300_000):
         app = bytes(range(256)) * (n // 256) + b"z" * (n % 256)
-        data = _pack_envelope(members, app)
+        data = pack_envelope(members, app)
         assert data == msgpack.packb({"members": members, "app": app}), n
         blob = msgpack.unpackb(data)
         assert blob == {"members": members, "app": app}
@@ -533,7 +547,7 @@ def test_packing_a_large_snapshot_lets_other_threads_run() -> None:
     out: list[bytes] = []
 
     def pack() -> None:
-        out.append(_pack_envelope([], app))
+        out.append(pack_envelope([], app))
         done.set()
 
     t = threading.Thread(target=pack)
@@ -572,7 +586,7 @@ async def test_a_snapshot_from_the_leader_during_ours_abandons_ours(driven: Make
     await d.settle()
     assert d.sm.items == [1, 2, 3, 7] and d.node.applied == 10
     d.sm.gate.set()
-    await _until(lambda: d.node._snap_task is None)
+    await _until(lambda: d.node.snapshotter.task is None)
     assert not d.fatal and not d.storage.snapshots
     assert d.raft.log.snapshot.index == 10
 
@@ -599,7 +613,7 @@ async def test_a_backlog_of_slow_applies_lets_the_event_loop_run_in_between(driv
     assert len(set(seen)) >= 40 * 0.003 / 0.01 - 2, seen
 
 
-async def test_status_dict_reports_loop_stalls_and_stays_cheap(driven: Make) -> None:
+async def test_node_status_reports_loop_stalls_and_stays_cheap(driven: Make) -> None:
     d = driven([1])
     await _leader(d)
     d.node.loopmon.start()
@@ -607,13 +621,13 @@ async def test_status_dict_reports_loop_stalls_and_stays_cheap(driven: Make) -> 
         await asyncio.sleep(0.1)
         time.sleep(0.15)  # block the loop the way a big synchronous pack would
         await asyncio.sleep(0.1)
-        st = d.node.status_dict()
+        st = node_status(d.node)
         assert 100 <= st["loop_stall_max_ms"] < 1000, st
         assert st["loop_stall_max_total_ms"] >= st["loop_stall_max_ms"]
         assert st["loop_stall_p99_ms"] <= st["loop_stall_max_ms"]
         t0 = time.perf_counter()
         for _ in range(200):
-            d.node.status_dict()
+            node_status(d.node)
         assert (time.perf_counter() - t0) / 200 < 0.002
     finally:
         d.node.loopmon.stop()

@@ -20,12 +20,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from node.api.pb import rpc_pb2
 from node.api.quota import SpaceGuard
 from node.client import ClientError
 from node.kv import KVError, KVStateMachine
 from node.kv.apply import OP_ALARM, OP_DELETE, OP_LEASE_GRANT, OP_PUT, OP_TXN, encode
 from node.kv.quota import ERR_NO_SPACE
+from node.pb import rpc_pb2
 from node.server.raftnode import NodeConfig, RaftNode
 from tests.procs import NodeProcs
 

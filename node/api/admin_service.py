@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from typing import Any
 
 import grpc
 
-from node.api.pb import admin_pb2, admin_pb2_grpc, rpc_pb2
 from node.faults import FaultRuleError, Rule, make_rule
 from node.kv import KVError
+from node.pb import admin_pb2, admin_pb2_grpc, rpc_pb2
+from node.server.raftnode import RaftNode
 
 from .context import Ctx, grpc_errors
 
@@ -31,6 +34,54 @@ def _rules_pb(rules: list[Rule]) -> admin_pb2.FaultRules:
     )
 
 
+def node_status(node: RaftNode) -> dict[str, Any]:
+    """The member's status as the orchestrator, chaos and the dashboard read it (Admin.Status).
+
+    Rendered from the node's public fields and Raft's Status snapshot, both cheap: the
+    dashboard polls every member several times a second."""
+    st = node.status()
+    name_of = node.membership.name_of
+    hb = node.cfg.heartbeat_ms
+    peers = {}
+    for pid, ps in st.peers.items():
+        if pid == node.member_id:
+            continue
+        peers[name_of(pid)] = {
+            "id": f"{pid:x}",
+            "match": ps.match,
+            "next": ps.next,
+            "state": ps.state,
+            "active": ps.recent_active,
+            "last_contact_ms": (st.tick - ps.last_contact_tick) * hb,
+            "learner": ps.learner,
+            "connected": node.connected(pid),
+        }
+    return {
+        "name": node.cfg.name,
+        "id": f"{node.member_id:x}",
+        "cluster_id": f"{node.cluster_id:x}",
+        "role": st.role.name.lower().replace("_", "-"),
+        "term": st.term,
+        "vote": name_of(st.vote) if st.vote else "",
+        "leader": name_of(st.lead) if st.lead else "",
+        "leader_id": f"{st.lead:x}" if st.lead else "",
+        "commit": st.commit,
+        "applied": node.applied,
+        "last_index": st.last_index,
+        "snapshot_index": st.snapshot_index,
+        "voters": [name_of(v) for v in st.voters],
+        "learners": [name_of(v) for v in st.learners],
+        "peers": peers,
+        "leader_changes": node.leader_changes,
+        "transferring_to": name_of(st.lead_transferee) if st.lead_transferee else "",
+        "fault_rules": [r.to_dict() for r in node.faults.rules()] if node.faults else None,
+        "pid": os.getpid(),
+        "uptime_s": round(node.uptime_s(), 3),
+        "disk_full": node.disk_full,
+        **node.loopmon.stats(),
+    }
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -39,7 +90,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Status(
         self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.StatusReply:
-        st = self.ctx.node.status_dict()
+        st = node_status(self.ctx.node)
         st["revision"] = self.ctx.sm.store.revision
         st["compact_revision"] = self.ctx.sm.store.compact_revision
         st["keys"] = len(self.ctx.sm.store.keys)  # O(1): a SortedDict knows its length

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from node.api.pb import rpc_pb2, rpc_pb2_grpc
 from node.kv import KVError
-from node.raft import ConfChange, ConfChangeType
+from node.pb import rpc_pb2, rpc_pb2_grpc
+from node.raft import ConfChange, ConfChangeType, ConfState
 from node.server.members import Member, member_id, normalize_url
 
 from .context import Ctx, grpc_errors
@@ -24,11 +24,9 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
 
     def _members(self) -> list[rpc_pb2.Member]:
         node = self.ctx.node
-        r = node.raft
-        learners = r.learners if r is not None else set()
-        voters = r.voters if r is not None else set()
+        conf = node.raft.conf_state() if node.raft is not None else ConfState()
         out = []
-        for mid in sorted(set(node.members) | voters | learners):
+        for mid in sorted(set(node.members) | conf.voters | conf.learners):
             m = node.members.get(mid, Member(mid))
             out.append(
                 rpc_pb2.Member(
@@ -36,7 +34,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                     name=m.name,
                     peerURLs=m.peer_urls,
                     clientURLs=m.client_urls,
-                    isLearner=mid in learners,
+                    isLearner=mid in conf.learners,
                 )
             )
         return out
@@ -88,11 +86,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         node = self.ctx.node
         m = self._require_member(request.ID)
         r = node.raft
-        if r is None or request.ID not in r.learners:
+        if r is None or not r.is_learner(request.ID):
             raise KVError(ERR_NOT_LEARNER, "FAILED_PRECONDITION")
         if node.lead == node.member_id:
-            pr = r.prs.get(request.ID)
-            if pr is None or pr.match < r.log.committed * 0.9:
+            match = r.match_index(request.ID)
+            if match is None or match < r.committed_index * 0.9:
                 raise KVError(ERR_LEARNER_NOT_READY, "FAILED_PRECONDITION")
         await node.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, request.ID), m)
         return rpc_pb2.MemberPromoteResponse(header=self.ctx.header(), members=self._members())

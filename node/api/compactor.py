@@ -19,11 +19,11 @@ import logging
 import os
 import time
 
-from node.api.pb import rpc_pb2
 from node.kv import KVError
 from node.kv.apply import OP_COMPACT, KVStateMachine, encode
 from node.kv.mvcc import ERR_COMPACTED
 from node.kv.retention import Retention
+from node.pb import rpc_pb2
 from node.server.raftnode import NodeError, RaftNode
 
 log = logging.getLogger("quorumlab.compactor")

@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from node.api.pb import rpc_pb2
 from node.kv import KVError
 from node.kv.apply import KVStateMachine
+from node.pb import rpc_pb2
 from node.server.raftnode import ERR_NO_LEADER, NodeError, RaftNode
 
 from .lessor import Lessor

@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 
-from node.api.pb import rpc_pb2, rpc_pb2_grpc
 from node.kv.apply import (
     OP_COMPACT,
     OP_DELETE,
@@ -25,6 +24,7 @@ from node.kv.apply import (
     validate_txn,
 )
 from node.kv.reads import read_range, read_txn
+from node.pb import rpc_pb2, rpc_pb2_grpc
 
 from .context import Ctx, grpc_errors, raise_if_error
 

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.api.pb import rpc_pb2, rpc_pb2_grpc
 from node.kv import KVError
 from node.kv.apply import ERR_LEASE_TTL_TOO_LARGE, MAX_LEASE_TTL, OP_LEASE_GRANT, OP_LEASE_REVOKE, encode
+from node.pb import rpc_pb2, rpc_pb2_grpc
 from node.server.raftnode import ERR_NO_LEADER, NodeError
 
 from .context import Ctx, grpc_errors, raise_if_error

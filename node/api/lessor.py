@@ -12,8 +12,8 @@ import asyncio
 import logging
 import time
 
-from node.api.pb import rpc_pb2
 from node.kv.apply import OP_LEASE_REVOKE, KVStateMachine, encode
+from node.pb import rpc_pb2
 from node.server.raftnode import NodeError, RaftNode
 
 log = logging.getLogger("quorumlab.lessor")

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.api.pb import rpc_pb2, rpc_pb2_grpc
 from node.kv import KVError
 from node.kv.apply import OP_ALARM, encode
+from node.pb import rpc_pb2, rpc_pb2_grpc
 from node.server.raftnode import ERR_NO_LEADER
 
 from .context import ERR_NOT_LEADER, VERSION, Ctx, grpc_errors, raise_if_error
@@ -39,7 +39,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             raftIndex=node.committed,
             raftTerm=node.term,
             raftAppliedIndex=node.applied,
-            isLearner=r is not None and node.member_id in r.learners,
+            isLearner=r is not None and r.is_learner(node.member_id),
         )
         if not node.has_leader():
             resp.errors.append(ERR_NO_LEADER)
@@ -84,7 +84,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         if node.lead != node.member_id:
             raise KVError(ERR_NOT_LEADER, "FAILED_PRECONDITION")
         r = node.raft
-        if r is None or request.targetID not in r.voters or request.targetID == node.member_id:
+        if r is None or not r.is_voter(request.targetID) or request.targetID == node.member_id:
             raise KVError(ERR_BAD_TRANSFEREE, "FAILED_PRECONDITION")
         await node.transfer_leadership(request.targetID)
         return rpc_pb2.MoveLeaderResponse(header=self.ctx.header())

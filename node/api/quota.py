@@ -17,10 +17,10 @@ import contextlib
 import logging
 from typing import Any
 
-from node.api.pb import rpc_pb2
 from node.kv import KVError
 from node.kv.apply import OP_ALARM, KVStateMachine, encode
 from node.kv.quota import ERR_NO_SPACE, cost, effective_quota
+from node.pb import rpc_pb2
 from node.server.raftnode import RaftNode
 
 log = logging.getLogger("quorumlab.quota")

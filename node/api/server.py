@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from node.api.pb import admin_pb2_grpc, rpc_pb2_grpc
 from node.kv import KVStateMachine, WatchHub
 from node.kv.retention import Retention
+from node.pb import admin_pb2_grpc, rpc_pb2_grpc
 from node.server.raftnode import RaftNode
 from node.server.transport import parse_hostport
 

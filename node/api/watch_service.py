@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.api.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from node.kv import Batch, KVError, WatchHub, WatchStream
 from node.kv.apply import to_pb
 from node.kv.mvcc import DELETE
 from node.kv.watch import OUTBOX_LIMIT
+from node.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from node.server.raftnode import NodeError
 
 from .context import Ctx

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from node.api.pb import kv_pb2, rpc_pb2
+from node.pb import kv_pb2, rpc_pb2
 
 from .mvcc import ERR_COMPACTED, KV, KVError, MVCCStore, WriteTxn, in_range
 from .quota import ERR_NO_SPACE, cost_txn

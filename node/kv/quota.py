@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.api.pb import rpc_pb2
+from node.pb import rpc_pb2
 
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024  # etcd's default when --quota-backend-bytes is 0
 LEASE_OVERHEAD = 64

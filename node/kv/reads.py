@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.api.pb import rpc_pb2
+from node.pb import rpc_pb2
 
 from .apply import STEP_BUDGET_S, KVStateMachine, sort_key, to_pb
 from .mvcc import KV, StoreReplaced

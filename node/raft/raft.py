@@ -214,11 +214,44 @@ class Raft:
         snap = Snapshot(index, t, conf if conf is not None else self.conf_state(), data)
         self.log.compact(snap, keep_entries)
 
+    # -- read-only queries: what a driver or a service may look at without touching the state --
     def conf_state(self) -> ConfState:
         return ConfState(frozenset(self.voters), frozenset(self.learners))
 
     def promotable(self) -> bool:
         return self.id in self.voters
+
+    def is_voter(self, node: int) -> bool:
+        return node in self.voters
+
+    def is_learner(self, node: int) -> bool:
+        return node in self.learners
+
+    def member_ids(self) -> frozenset[int]:
+        """Voters and learners of the configuration in force."""
+        return frozenset(self.voters | self.learners)
+
+    def match_index(self, node: int) -> int | None:
+        """The highest index known replicated on `node` (meaningful on a leader); None if untracked."""
+        pr = self.prs.get(node)
+        return None if pr is None else pr.match
+
+    @property
+    def committed_index(self) -> int:
+        return self.log.committed
+
+    @property
+    def applied_index(self) -> int:
+        return self.log.applied
+
+    @property
+    def snapshot_meta(self) -> Snapshot:
+        """The latest snapshot the log starts from (its data is the application's)."""
+        return self.log.snapshot
+
+    def first_index(self) -> int:
+        """The first entry still held in memory (the ones before it were compacted)."""
+        return self.log.first_index()
 
     def has_ready(self) -> bool:
         return bool(

@@ -17,26 +17,29 @@ nor the event loop that sends heartbeats waits for them.
 Failures are loud: a full disk releases a reserve file, raises the disk-full
 hooks (the NOSPACE alarm) and retries once; any other exception escaping the
 Ready loop is a bug or a broken disk, and like etcd's panic it ends the
-process with the traceback in the log (see `_fatal`).
+process with the traceback in the log (see `_fatal`). That includes an exception
+from the Raft core itself: only ProposalDropped, which node/raft documents as an
+expected refusal, is caught around `Raft.step` and the posted calls.
+
+The driver's helpers follow etcd's server: the member registry is `Membership`
+(membership.py), requests waiting for their entry or read are `Wait`/`WaitApplied`
+(waits.py), the snapshot policy is `Snapshotter` (snapshotter.py); the Admin status
+JSON is rendered by node/api/admin_service.py from the public fields here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import os
 import random
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgpack
 
@@ -59,9 +62,29 @@ from node.raft import (
 )
 from node.storage import DiskFull, DiskStorage, Meta, StorageError
 
+from .interfaces import (
+    ERR_LEADER_CHANGED,
+    ERR_NO_LEADER,
+    ERR_STOPPED,
+    ERR_TIMEOUT,
+    ERR_TOO_MANY,
+    NodeConfig,
+    NodeError,
+    NodeStorage,
+    StateMachine,
+)
 from .loopmon import LoopMonitor
 from .members import Member, cluster_id, member_id, normalize_url
+from .membership import (
+    Membership,
+    attributes_payload,
+    conf_change_context,
+    ctx_request,
+    peer_urls_payload,
+)
+from .snapshotter import Snapshotter, unpack_envelope
 from .transport import Transport
+from .waits import Wait, WaitApplied
 
 log = logging.getLogger("quorumlab.node")
 
@@ -80,41 +103,6 @@ APPLY_BUDGET_S = 0.01
 EXIT_FATAL = 70  # EX_SOFTWARE: the Ready loop hit a bug or an unrecoverable storage error
 
 
-class NodeError(Exception):
-    """A request failed; message is etcd's text, code the gRPC status name."""
-
-    def __init__(self, message: str, code: str = "UNAVAILABLE") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-ERR_NO_LEADER = "etcdserver: no leader"
-ERR_TIMEOUT = "etcdserver: request timed out"
-ERR_STOPPED = "etcdserver: server stopped"
-ERR_TOO_MANY = "etcdserver: too many requests"
-ERR_LEADER_CHANGED = "etcdserver: leader changed"
-
-
-class StateMachine(Protocol):
-    def apply(self, index: int, payload: bytes) -> Any: ...
-    async def snapshot_async(self) -> bytes:
-        """The state as of the call, built without holding the event loop for more than a few ms."""
-        ...
-
-    def restore(self, data: bytes) -> None: ...
-
-
-class NodeStorage(Protocol):
-    """What the driver needs from a data dir (node.storage.DiskStorage; tests record calls)."""
-
-    def persist(self, rd: Ready) -> None: ...
-    def save_snapshot(self, snap: Snapshot, release_before: int) -> None: ...
-    def reserve_space(self, nbytes: int) -> bool: ...
-    def release_reserve(self) -> int: ...
-    def write_meta(self, meta: Meta) -> None: ...
-    def close(self) -> None: ...
-
-
 def exit_process(code: int = EXIT_FATAL) -> None:
     """Leave now, as a Go panic does: flush the log first, run no more Python code."""
     logging.shutdown()
@@ -124,45 +112,12 @@ def exit_process(code: int = EXIT_FATAL) -> None:
     os._exit(code)
 
 
-@dataclass
-class NodeConfig:
-    name: str
-    data_dir: Path
-    listen_peer: str
-    listen_client: str
-    initial_cluster: dict[str, str]
-    initial_cluster_state: str = "new"
-    initial_cluster_token: str = "quorumlab"
-    advertise_peer: str = ""
-    advertise_client: str = ""
-    heartbeat_ms: int = 100
-    election_ms: int = 1000
-    snapshot_count: int = 10_000
-    snapshot_catchup_entries: int = 5_000
-    reserve_bytes: int = 8 << 20  # ballast file freed when the disk fills, so the alarm can be recorded
-    # a full disk counts as usable again only with this much free besides the reserve: without
-    # it the first write after the disarm would fill it again
-    disk_free_margin: int = 1 << 20
-    enable_fault_injection: bool = False
-    request_timeout: float = 5.0
-    pre_vote: bool = True
-    fast_failover: bool = True
-    seed: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def peer_url(self) -> str:
-        return normalize_url(self.advertise_peer or self.listen_peer)
-
-    def client_url(self) -> str:
-        return normalize_url(self.advertise_client or self.listen_client)
-
-
 class RaftNode:
     def __init__(self, cfg: NodeConfig, sm: StateMachine) -> None:
         self.cfg = cfg
         self.sm = sm
         self.faults = FaultTable(cfg.seed) if cfg.enable_fault_injection else None
-        self.members: dict[int, Member] = {}
+        self.membership = Membership()
         self.storage: NodeStorage | None = None
         self.raft: Raft | None = None
         self.transport: Transport | None = None
@@ -173,32 +128,39 @@ class RaftNode:
         self._inbox: deque[Message | Callable[[], None]] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._reads: dict[bytes, asyncio.Future[int]] = {}
-        self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._pending: Wait[int, Any] = Wait()  # proposals by request seq, resolved when applied here
+        self._reads: Wait[bytes, int] = Wait()  # ReadIndex requests by context, resolved with the read index
+        self._applied_waits = WaitApplied()
         self._seq = itertools.count(random.getrandbits(62))
-        self._ticks = itertools.count()
         self._stopping = False
         self.stopped = asyncio.Event()
         self.removed = False
         self.leader_changes = 0
         self.started_at = time.monotonic()
-        self.role = Role.FOLLOWER
         self.lead = NONE
         self.term = 0
         self.on_leader_change: list[Callable[[int, int], None]] = []
-        self.on_apply_hooks: list[Callable[[int], None]] = []
         self.published = False
-        self.last_snapshot_index = 0
         self.disk_full = False
         self.on_disk_full: list[Callable[[], None]] = []
         self._disk_clear_lock = asyncio.Lock()  # one reserve re-creation at a time (reserve.bin.tmp)
         self.on_fatal: Callable[[BaseException], None] = lambda _e: exit_process()
         self.fatal_error: BaseException | None = None
         self.loopmon = LoopMonitor(cfg.heartbeat_ms / 2000, name=cfg.name)
-        self._snap_task: asyncio.Task[None] | None = None
-        self._restores = 0  # snapshots from the leader installed so far
-        self._snap_file_lock = threading.Lock()  # one writer in snap/ at a time (tmp files)
+        self.snapshotter = Snapshotter(
+            cfg,
+            sm,
+            self.membership,
+            post=self._post,
+            applied=lambda: self.applied,
+            set_disk_full=self._set_disk_full,
+            fatal=self._fatal,
+        )
+
+    @property
+    def members(self) -> dict[int, Member]:
+        """The member table (read by the Cluster service); changed only by applied entries."""
+        return self.membership.members
 
     # ------------------------------------------------------------------
     # start / stop
@@ -239,7 +201,7 @@ class RaftNode:
         if fresh and cfg.initial_cluster_state == "new" and not rec.entries and rec.snapshot is None:
             ids = {name: member_id(url, cfg.initial_cluster_token) for name, url in cfg.initial_cluster.items()}
             ctx = {
-                mid: msgpack.packb(Member(mid, name, [cfg.initial_cluster[name]], [], False).to_wire())
+                mid: msgpack.packb(Member(mid, name, [cfg.initial_cluster[name]]).to_wire())
                 for name, mid in ids.items()
             }
             self.raft.bootstrap(ids.values(), ctx)
@@ -252,12 +214,9 @@ class RaftNode:
             storage.write_meta(meta)
         if fresh and cfg.initial_cluster_state == "existing":
             # we learn the membership from the leader's log or snapshot
-            for name, url in cfg.initial_cluster.items():
-                if name != cfg.name:
-                    mid = member_id(url, cfg.initial_cluster_token)
-                    self.members.setdefault(mid, Member(mid, name, [url]))
-        self.applied = self.raft.log.applied
-        self.last_snapshot_index = self.raft.log.snapshot.index
+            self.membership.seed(cfg.initial_cluster, cfg.initial_cluster_token, cfg.name)
+        self.applied = self.raft.applied_index
+        self.snapshotter.last_index = self.raft.snapshot_meta.index
         self.loopmon.start()
         # Like etcd, fast-forward the election clock at start: T-1 of the randomized [T, 2T)
         # ticks, so a booting cluster elects within 1..T ticks (still spread out at random)
@@ -267,13 +226,13 @@ class RaftNode:
         self.transport = Transport(
             self.member_id,
             self.cluster_id,
-            self._name_of,
+            self.membership.name_of,
             self._deliver,
             self.faults,
             on_peer_lost=self._peer_lost,
             on_unreachable=lambda pid, m: self._post(lambda: self._report_unreachable(pid)),
             on_snapshot_sent=lambda pid, ok: self._post(lambda: self._report_snapshot(pid, ok)),
-            member_ids=lambda: sorted(set(self.members) | self._raft().voters | self._raft().learners),
+            member_ids=lambda: sorted(set(self.members) | self._raft().member_ids()),
         )
         await self.transport.listen(cfg.listen_peer)
         self._sync_peers()
@@ -340,11 +299,13 @@ class RaftNode:
         """Graceful stop: hand leadership to the most caught-up voter first."""
         if self._stopping:
             return
-        if transfer and self.raft is not None and self.raft.role == Role.LEADER and len(self.raft.voters) > 1:
+        r = self.raft
+        if transfer and r is not None and r.role == Role.LEADER and len(r.conf_state().voters) > 1:
             await self._transfer_before_stop()
         self._stopping = True
         self._wake.set()
-        tasks = [*self._tasks, *([self._snap_task] if self._snap_task is not None else [])]
+        snap_task = self.snapshotter.task
+        tasks = [*self._tasks, *([snap_task] if snap_task is not None else [])]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -362,7 +323,8 @@ class RaftNode:
         r = self.raft
         assert r is not None
         candidates = sorted(
-            ((pr.match, pid) for pid, pr in r.prs.items() if pid != self.member_id and pid in r.voters), reverse=True
+            ((ps.match, pid) for pid, ps in r.status().peers.items() if pid != self.member_id and r.is_voter(pid)),
+            reverse=True,
         )
         if not candidates:
             return
@@ -396,7 +358,6 @@ class RaftNode:
 
     def _tick(self) -> None:
         assert self.raft is not None
-        next(self._ticks)
         self.raft.tick()
 
     async def _run(self) -> None:
@@ -424,7 +385,8 @@ class RaftNode:
                     else:
                         item()
                 except ProposalDropped as e:
-                    # expected (node/raft documents it): a proposal or read the leader cannot take now
+                    # expected (node/raft documents it): a proposal or read the leader cannot take now.
+                    # Anything else Raft raises is a bug: it escapes to _run, which ends the process.
                     log.debug("dropped: %s", e)
             # one Ready per turn, then the inbox again: ticks and peer messages are never
             # stuck behind a backlog of entries to apply
@@ -460,7 +422,7 @@ class RaftNode:
         r = self.raft
         assert r is not None and self.storage is not None and self.transport is not None
         if rd.soft_state is not None:
-            self._on_soft_state(rd.soft_state.lead, rd.soft_state.role)
+            self._on_soft_state(rd.soft_state.lead)
         early: list[Message] = []
         late: list[Message] = []
         for m in rd.messages:
@@ -485,16 +447,13 @@ class RaftNode:
                     rd.committed_entries = ents[:n]  # advance() marks these; the rest come in the next Ready
                     break
         for rs in rd.read_states:
-            fut = self._reads.pop(rs.context, None)
-            if fut is not None and not fut.done():
-                fut.set_result(rs.index)
+            self._reads.trigger(rs.context, rs.index)
         r.advance(rd)
-        self.committed = r.log.committed
+        self.committed = r.committed_index
         if rd.committed_entries or rd.snapshot is not None:
-            self._wake_applied()
-            for hook in self.on_apply_hooks:
-                hook(self.applied)
-            self._maybe_start_snapshot()
+            self._applied_waits.trigger(self.applied)
+            if not self._stopping:
+                self.snapshotter.maybe_start(r, self.storage)
 
     async def _persist(self, rd: Ready) -> None:
         """Make the batch durable; a full disk frees the reserve and retries once, then it is fatal."""
@@ -524,7 +483,7 @@ class RaftNode:
         if rd.snapshot is None:
             storage.persist(rd)
             return
-        with self._snap_file_lock:  # a received snapshot is written into snap/ like ours
+        with self.snapshotter.file_lock:  # a received snapshot is written into snap/ like ours
             storage.persist(rd)
 
     def _set_disk_full(self) -> None:
@@ -581,14 +540,14 @@ class RaftNode:
             return None
         return st.f_bavail * st.f_frsize
 
-    def _on_soft_state(self, lead: int, role: Role) -> None:
+    def _on_soft_state(self, lead: int) -> None:
         assert self.raft is not None
         if lead != self.lead:
             self.leader_changes += 1
             log.info(
                 "%s: leader is now %s (term %d)",
                 self.cfg.name,
-                self._name_of(lead) if lead else "unknown",
+                self.membership.name_of(lead) if lead else "unknown",
                 self.raft.term,
             )
             old = self.lead
@@ -596,20 +555,18 @@ class RaftNode:
             for cb in self.on_leader_change:
                 cb(old, lead)
             if lead == NONE:
-                self._fail_reads(ERR_LEADER_CHANGED)
-        self.role = role
+                self._reads.fail_all(lambda: NodeError(ERR_LEADER_CHANGED))
         self.term = self.raft.term
         if lead != NONE and not self.published:
             self._post(self._publish)
 
     def _publish(self) -> None:
         """Tell the cluster our name and client URL (etcd's member attributes)."""
-        me = self.members.get(self.member_id)
         url = self.cfg.client_url()
-        if me is not None and me.name == self.cfg.name and url in me.client_urls:
+        if self.membership.published(self.member_id, self.cfg.name, url):
             self.published = True
             return
-        body = msgpack.packb([self.member_id, self.cfg.name, [url]])
+        body = attributes_payload(self.member_id, self.cfg.name, url)
         with contextlib.suppress(ProposalDropped):
             assert self.raft is not None
             self.raft.propose(msgpack.packb([self.member_id, 0, K_ATTRS, body]))
@@ -622,10 +579,9 @@ class RaftNode:
         if e.type == EntryType.CONF_CHANGE:
             cc = ConfChange.decode(e.data)
             changed = self._apply_member_change(cc)
-            origin, req = _ctx_request(cc.context)
-            fut = self._pending.pop(req, None) if origin == self.member_id else None
-            if fut is not None and not fut.done():
-                fut.set_result(changed)
+            origin, req = ctx_request(cc.context)
+            if origin == self.member_id:
+                self._pending.trigger(req, changed)
             return
         if not e.data:
             return  # a new leader's empty entry
@@ -640,189 +596,60 @@ class RaftNode:
             if kind == K_APP:
                 result = self.sm.apply(e.index, payload)
             elif kind == K_ATTRS:
-                mid, name, urls = msgpack.unpackb(payload)
-                m = self.members.setdefault(int(mid), Member(int(mid)))
-                m.name, m.client_urls = str(name), list(urls)
-                if mid == self.member_id:
+                if self.membership.set_attributes(payload) == self.member_id:
                     self.published = True
-            elif kind == K_PEER_URLS:
-                mid, urls = msgpack.unpackb(payload)
-                if int(mid) in self.members:
-                    self.members[int(mid)].peer_urls = list(urls)
-                    self._sync_peers()
+            elif kind == K_PEER_URLS and self.membership.set_peer_urls(payload):
+                self._sync_peers()
         except Exception as ex:
             log.exception("applying entry %d failed", e.index)
             err = ex
-        fut = self._pending.pop(req, None) if origin == self.member_id else None
-        if fut is not None and not fut.done():
-            if err is not None:
-                fut.set_exception(err)
-            else:
-                fut.set_result(result)
+        if origin != self.member_id:
+            return
+        if err is not None:
+            self._pending.fail(req, err)
+        else:
+            self._pending.trigger(req, result)
 
     def _apply_member_change(self, cc: ConfChange) -> Member | None:
-        info = _ctx_member(cc.context)
-        nid = cc.node_id
-        if cc.type == ConfChangeType.REMOVE_NODE:
-            gone = self.members.pop(nid, None)
-            if nid == self.member_id:
-                self.removed = True
-                log.warning("this member was removed from the cluster; stopping")
-                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop(transfer=False)))
-            self._sync_peers()
-            return gone
-        m = self.members.get(nid)
-        if m is None:
-            m = info or Member(nid)
-            self.members[nid] = m
-        elif info is not None:
-            m.peer_urls = info.peer_urls or m.peer_urls
-            m.name = m.name or info.name
-        m.is_learner = cc.type == ConfChangeType.ADD_LEARNER
+        m = self.membership.apply_conf_change(cc)
+        if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id == self.member_id:
+            self.removed = True
+            log.warning("this member was removed from the cluster; stopping")
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop(transfer=False)))
         self._sync_peers()
         return m
 
     def _sync_peers(self) -> None:
         if self.transport is None or self.raft is None:
             return
-        ids = set(self.members) | self.raft.voters | self.raft.learners
-        peers = {
-            mid: self.members[mid].peer_urls[0] for mid in ids if mid in self.members and self.members[mid].peer_urls
-        }
-        self.transport.set_peers(peers)
+        self.transport.set_peers(self.membership.peer_urls(set(self.members) | self.raft.member_ids()))
 
     def _restore_snapshot(self, snap: Snapshot) -> None:
         if not snap.data:
             return
-        blob = msgpack.unpackb(snap.data)
-        self.members = {int(v[0]): Member.from_wire(v) for v in blob["members"]}
-        self._restores += 1
-        self.sm.restore(blob["app"])
+        members, app = unpack_envelope(snap.data)
+        self.membership.restore(members)
+        self.snapshotter.restored(snap.index)
+        self.sm.restore(app)
         self.applied = snap.index
-        self.last_snapshot_index = max(self.last_snapshot_index, snap.index)
-        self.published = self.published or (
-            self.member_id in self.members and self.cfg.client_url() in self.members[self.member_id].client_urls
-        )
+        me = self.membership.get(self.member_id)
+        self.published = self.published or (me is not None and self.cfg.client_url() in me.client_urls)
         self._sync_peers()
-
-    def _maybe_start_snapshot(self) -> None:
-        """Start the (single) background snapshot once snapshot_count entries were applied since the last."""
-        if self._snap_task is not None or self._stopping:
-            return
-        if self.applied - self.last_snapshot_index < self.cfg.snapshot_count:
-            return
-        self._snap_task = asyncio.get_running_loop().create_task(self._snapshot(), name="raft-snapshot")
-
-    async def _snapshot(self) -> None:
-        restores = self._restores
-        try:
-            await self._build_snapshot()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - etcd panics when a snapshot cannot be saved
-            if self._restores != restores:
-                # the leader's snapshot replaced the state we were packing (the state machine
-                # says so by raising): that newer snapshot is already on disk
-                log.info("%s: background snapshot abandoned: %s", self.cfg.name, e)
-                return
-            self._fatal("making a snapshot failed", e)
-        finally:
-            self._snap_task = None
-
-    async def _build_snapshot(self) -> None:
-        r = self._raft()
-        storage = self.storage
-        assert storage is not None
-        t0 = time.monotonic()
-        # This first step runs between Ready batches, where applied, the membership and
-        # raft's ConfState always agree (apply and advance() happen with no await between).
-        index = r.log.applied
-        if index != self.applied:
-            return  # cannot happen (see above); try again after the next apply
-        conf = r.conf_state()
-        members = [m.to_wire() for m in self.members.values()]
-        app = await self.sm.snapshot_async()  # the state as of this call, built off the loop
-        data = await asyncio.to_thread(_pack_envelope, members, app)
-        loop = asyncio.get_running_loop()
-        installed: asyncio.Future[tuple[Snapshot, int] | None] = loop.create_future()
-
-        def install() -> None:
-            # in the Raft loop: compacting the in-memory log is cheap; the file is written below
-            if installed.done():
-                return  # the node is stopping and the task was cancelled
-            r.compact(index, data, keep_entries=self.cfg.snapshot_catchup_entries, conf=conf)
-            snap = r.log.snapshot
-            if snap.index != index:
-                installed.set_result(None)  # superseded by a newer snapshot from the leader
-                return
-            self.last_snapshot_index = index
-            installed.set_result((snap, r.log.offset + 1))
-
-        self._post(install)
-        res = await installed
-        if res is None:
-            return
-        snap, release_before = res
-        try:
-            await asyncio.to_thread(self._save_snapshot_locked, storage, snap, release_before)
-        except DiskFull as e:
-            # free the reserve as the WAL path does: the next WAL append needs the room, and a
-            # reserve left in place would let a disarm believe the disk has space again
-            freed = await asyncio.to_thread(storage.release_reserve)
-            log.error(
-                "%s: disk full while saving the snapshot at index %d (%s); released the %d-byte reserve, "
-                "raising NOSPACE, serving on without it (the WAL still holds every entry)",
-                self.cfg.name,
-                index,
-                e,
-                freed,
-            )
-            self._set_disk_full()
-            return
-        log.info(
-            "snapshot at index %d (%d bytes, %.0f ms in the background); log compacted to %d",
-            index,
-            len(data),
-            (time.monotonic() - t0) * 1000,
-            release_before - 1,
-        )
-
-    def _save_snapshot_locked(self, storage: NodeStorage, snap: Snapshot, release_before: int) -> None:
-        with self._snap_file_lock:
-            storage.save_snapshot(snap, release_before)
 
     # ------------------------------------------------------------------
     # waiting for things
     # ------------------------------------------------------------------
-    def _wake_applied(self) -> None:
-        w = self._applied_waiters
-        while w and w[0][0] <= self.applied:
-            _, _, fut = heapq.heappop(w)
-            if not fut.done():
-                fut.set_result(None)
-
     async def wait_applied(self, index: int, timeout: float) -> None:
         if self.applied >= index:
             return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._applied_waiters, (index, next(self._seq), fut))
         try:
-            await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(self._applied_waits.register(index), timeout)
         except TimeoutError:
             raise NodeError(ERR_TIMEOUT) from None
 
     def _fail_all(self, why: str) -> None:
-        for fut in list(self._pending.values()):
-            if not fut.done():
-                fut.set_exception(NodeError(why))
-        self._pending.clear()
-        self._fail_reads(why)
-
-    def _fail_reads(self, why: str) -> None:
-        for fut in list(self._reads.values()):
-            if not fut.done():
-                fut.set_exception(NodeError(why))
-        self._reads.clear()
+        self._pending.fail_all(lambda: NodeError(why))
+        self._reads.fail_all(lambda: NodeError(why))
 
     # ------------------------------------------------------------------
     # client-facing operations
@@ -850,7 +677,7 @@ class RaftNode:
         if self.lead == NONE:
             raise NodeError(ERR_NO_LEADER)
         req = next(self._seq)
-        data = msgpack.packb([self.member_id, req, K_PEER_URLS, msgpack.packb([mid, urls])])
+        data = msgpack.packb([self.member_id, req, K_PEER_URLS, peer_urls_payload(mid, urls)])
         await self._submit(req, lambda: self._raft().propose(data), timeout)
 
     async def propose_conf_change(self, cc: ConfChange, member: Member, timeout: float | None = None) -> Any:
@@ -858,27 +685,23 @@ class RaftNode:
         if self.lead == NONE:
             raise NodeError(ERR_NO_LEADER)
         req = next(self._seq)
-        cc.context = msgpack.packb([self.member_id, req, member.to_wire()])
+        cc.context = conf_change_context(self.member_id, req, member)
         return await self._submit(req, lambda: self._raft().propose_conf_change(cc), timeout)
 
     async def _submit(self, req: int, action: Callable[[], None], timeout: float | None) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[req] = fut
+        fut = self._pending.register(req)
 
         def run() -> None:
             try:
                 action()
             except ProposalDropped as e:
-                self._pending.pop(req, None)
-                if not fut.done():
-                    msg = ERR_NO_LEADER if "no leader" in str(e) else f"etcdserver: {e}"
-                    fut.set_exception(NodeError(msg))
+                self._pending.fail(req, NodeError(ERR_NO_LEADER if "no leader" in str(e) else f"etcdserver: {e}"))
 
         self._post(run)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout or self.cfg.request_timeout)
         except TimeoutError:
-            self._pending.pop(req, None)
+            self._pending.forget(req)
             raise NodeError(ERR_TIMEOUT) from None
 
     async def read_barrier(self, timeout: float | None = None) -> int:
@@ -889,22 +712,19 @@ class RaftNode:
         t = timeout or self.cfg.request_timeout
         deadline = time.monotonic() + t
         ctx = os.urandom(8)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = fut
+        fut = self._reads.register(ctx)
 
         def run() -> None:
             try:
                 self._raft().read_index(ctx)
             except ProposalDropped:
-                self._reads.pop(ctx, None)
-                if not fut.done():
-                    fut.set_exception(NodeError(ERR_NO_LEADER))
+                self._reads.fail(ctx, NodeError(ERR_NO_LEADER))
 
         self._post(run)
         try:
             index = await asyncio.wait_for(fut, t)
         except TimeoutError:
-            self._reads.pop(ctx, None)
+            self._reads.forget(ctx)
             raise NodeError(ERR_TIMEOUT) from None
         await self.wait_applied(index, max(0.001, deadline - time.monotonic()))
         return index
@@ -932,12 +752,12 @@ class RaftNode:
     # ------------------------------------------------------------------
     def _report_unreachable(self, pid: int) -> None:
         r = self._raft()
-        if r.role == Role.LEADER and pid in r.prs:
+        if r.role == Role.LEADER and r.match_index(pid) is not None:
             r.report_unreachable(pid)
 
     def _report_snapshot(self, pid: int, ok: bool) -> None:
         r = self._raft()
-        if r.role == Role.LEADER and pid in r.prs:
+        if r.role == Role.LEADER and r.match_index(pid) is not None:
             r.report_snapshot(pid, ok)
 
     def _peer_lost(self, pid: int) -> None:
@@ -961,102 +781,14 @@ class RaftNode:
             r.campaign()
 
     # ------------------------------------------------------------------
-    # introspection
+    # introspection (the Admin service renders the status JSON from these)
     # ------------------------------------------------------------------
-    def _name_of(self, mid: int) -> str:
-        m = self.members.get(mid)
-        if m is not None and m.name:
-            return m.name
-        return f"{mid:x}"
-
     def status(self) -> Status:
         return self._raft().status()
 
-    def status_dict(self) -> dict[str, Any]:
-        """The extra status the orchestrator, chaos and the dashboard read."""
-        st = self._raft().status()
-        hb = self.cfg.heartbeat_ms
-        peers = {}
-        for pid, ps in st.peers.items():
-            if pid == self.member_id:
-                continue
-            peers[self._name_of(pid)] = {
-                "id": f"{pid:x}",
-                "match": ps.match,
-                "next": ps.next,
-                "state": ps.state,
-                "active": ps.recent_active,
-                "last_contact_ms": (st.tick - ps.last_contact_tick) * hb,
-                "learner": ps.learner,
-                "connected": self.transport.connected(pid) if self.transport else False,
-            }
-        return {
-            "name": self.cfg.name,
-            "id": f"{self.member_id:x}",
-            "cluster_id": f"{self.cluster_id:x}",
-            "role": st.role.name.lower().replace("_", "-"),
-            "term": st.term,
-            "vote": self._name_of(st.vote) if st.vote else "",
-            "leader": self._name_of(st.lead) if st.lead else "",
-            "leader_id": f"{st.lead:x}" if st.lead else "",
-            "commit": st.commit,
-            "applied": self.applied,
-            "last_index": st.last_index,
-            "snapshot_index": st.snapshot_index,
-            "voters": [self._name_of(v) for v in st.voters],
-            "learners": [self._name_of(v) for v in st.learners],
-            "peers": peers,
-            "leader_changes": self.leader_changes,
-            "transferring_to": self._name_of(st.lead_transferee) if st.lead_transferee else "",
-            "fault_rules": [r.to_dict() for r in self.faults.rules()] if self.faults else None,
-            "pid": os.getpid(),
-            "uptime_s": round(time.monotonic() - self.started_at, 3),
-            "disk_full": self.disk_full,
-            **self.loopmon.stats(),
-        }
+    def connected(self, pid: int) -> bool:
+        """Whether the transport holds a live stream to `pid`."""
+        return self.transport.connected(pid) if self.transport is not None else False
 
-
-def _pack_envelope(members: list[Any], app: bytes) -> bytes:
-    """The snapshot body, the msgpack map {"members": ..., "app": <bin>} (run on a worker thread).
-
-    Built from parts and joined once: msgpack.packb would copy the app bytes twice while holding
-    the GIL (seconds for a large state, with the event loop and its heartbeats stuck behind it),
-    whereas bytes.join copies large buffers with the GIL released."""
-    n = len(app)
-    if n < 1 << 8:
-        head = b"\xc4" + n.to_bytes(1, "big")
-    elif n < 1 << 16:
-        head = b"\xc5" + n.to_bytes(2, "big")
-    elif n < 1 << 32:
-        head = b"\xc6" + n.to_bytes(4, "big")
-    else:
-        raise ValueError(f"snapshot of {n} bytes is larger than msgpack's 4 GiB bin limit")
-    parts = [b"\x82", msgpack.packb("members"), msgpack.packb(members), msgpack.packb("app"), head, app]
-    return b"".join(parts)
-
-
-def _ctx_request(ctx: bytes) -> tuple[int, int]:
-    """(origin member, request seq) of a conf change proposed through the API; (0, 0) otherwise."""
-    if not ctx:
-        return 0, 0
-    try:
-        v = msgpack.unpackb(ctx)
-    except (ValueError, msgpack.ExtraData):
-        return 0, 0
-    if isinstance(v, list) and len(v) == 3 and isinstance(v[0], int) and isinstance(v[1], int):
-        return v[0], v[1]
-    return 0, 0
-
-
-def _ctx_member(ctx: bytes) -> Member | None:
-    if not ctx:
-        return None
-    try:
-        v = msgpack.unpackb(ctx)
-    except (ValueError, msgpack.ExtraData):
-        return None
-    if isinstance(v, list) and len(v) == 3 and isinstance(v[2], list):
-        return Member.from_wire(v[2])
-    if isinstance(v, list) and len(v) == 5:
-        return Member.from_wire(v)
-    return None
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_at

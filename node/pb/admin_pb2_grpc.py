@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from node.api.pb import admin_pb2 as node_dot_api_dot_pb_dot_admin__pb2
+from node.pb import admin_pb2 as node_dot_pb_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in node/api/pb/admin_pb2_grpc.py depends on'
+        + ' but the generated code in node/pb/admin_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class AdminStub:
         """
         self.Status = channel.unary_unary(
                 '/quorumlab.v1.Admin/Status',
-                request_serializer=node_dot_api_dot_pb_dot_admin__pb2.StatusRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_admin__pb2.StatusReply.FromString,
+                request_serializer=node_dot_pb_dot_admin__pb2.StatusRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_admin__pb2.StatusReply.FromString,
                 _registered_method=True)
         self.SetFaults = channel.unary_unary(
                 '/quorumlab.v1.Admin/SetFaults',
-                request_serializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
+                request_serializer=node_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
+                response_deserializer=node_dot_pb_dot_admin__pb2.FaultRules.FromString,
                 _registered_method=True)
         self.AddFaults = channel.unary_unary(
                 '/quorumlab.v1.Admin/AddFaults',
-                request_serializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
+                request_serializer=node_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
+                response_deserializer=node_dot_pb_dot_admin__pb2.FaultRules.FromString,
                 _registered_method=True)
         self.ListFaults = channel.unary_unary(
                 '/quorumlab.v1.Admin/ListFaults',
-                request_serializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRulesRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
+                request_serializer=node_dot_pb_dot_admin__pb2.FaultRulesRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_admin__pb2.FaultRules.FromString,
                 _registered_method=True)
         self.ClearFaults = channel.unary_unary(
                 '/quorumlab.v1.Admin/ClearFaults',
-                request_serializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRulesRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
+                request_serializer=node_dot_pb_dot_admin__pb2.FaultRulesRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_admin__pb2.FaultRules.FromString,
                 _registered_method=True)
         self.Campaign = channel.unary_unary(
                 '/quorumlab.v1.Admin/Campaign',
-                request_serializer=node_dot_api_dot_pb_dot_admin__pb2.CampaignRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_admin__pb2.StatusReply.FromString,
+                request_serializer=node_dot_pb_dot_admin__pb2.CampaignRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_admin__pb2.StatusReply.FromString,
                 _registered_method=True)
 
 
@@ -111,33 +111,33 @@ def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=node_dot_api_dot_pb_dot_admin__pb2.StatusRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_admin__pb2.StatusReply.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_admin__pb2.StatusRequest.FromString,
+                    response_serializer=node_dot_pb_dot_admin__pb2.StatusReply.SerializeToString,
             ),
             'SetFaults': grpc.unary_unary_rpc_method_handler(
                     servicer.SetFaults,
-                    request_deserializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_admin__pb2.FaultRules.FromString,
+                    response_serializer=node_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
             ),
             'AddFaults': grpc.unary_unary_rpc_method_handler(
                     servicer.AddFaults,
-                    request_deserializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_admin__pb2.FaultRules.FromString,
+                    response_serializer=node_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
             ),
             'ListFaults': grpc.unary_unary_rpc_method_handler(
                     servicer.ListFaults,
-                    request_deserializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRulesRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_admin__pb2.FaultRulesRequest.FromString,
+                    response_serializer=node_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
             ),
             'ClearFaults': grpc.unary_unary_rpc_method_handler(
                     servicer.ClearFaults,
-                    request_deserializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRulesRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_admin__pb2.FaultRulesRequest.FromString,
+                    response_serializer=node_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
             ),
             'Campaign': grpc.unary_unary_rpc_method_handler(
                     servicer.Campaign,
-                    request_deserializer=node_dot_api_dot_pb_dot_admin__pb2.CampaignRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_admin__pb2.StatusReply.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_admin__pb2.CampaignRequest.FromString,
+                    response_serializer=node_dot_pb_dot_admin__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -165,8 +165,8 @@ class Admin:
             request,
             target,
             '/quorumlab.v1.Admin/Status',
-            node_dot_api_dot_pb_dot_admin__pb2.StatusRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_admin__pb2.StatusReply.FromString,
+            node_dot_pb_dot_admin__pb2.StatusRequest.SerializeToString,
+            node_dot_pb_dot_admin__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -192,8 +192,8 @@ class Admin:
             request,
             target,
             '/quorumlab.v1.Admin/SetFaults',
-            node_dot_api_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
-            node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
+            node_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
+            node_dot_pb_dot_admin__pb2.FaultRules.FromString,
             options,
             channel_credentials,
             insecure,
@@ -219,8 +219,8 @@ class Admin:
             request,
             target,
             '/quorumlab.v1.Admin/AddFaults',
-            node_dot_api_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
-            node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
+            node_dot_pb_dot_admin__pb2.FaultRules.SerializeToString,
+            node_dot_pb_dot_admin__pb2.FaultRules.FromString,
             options,
             channel_credentials,
             insecure,
@@ -246,8 +246,8 @@ class Admin:
             request,
             target,
             '/quorumlab.v1.Admin/ListFaults',
-            node_dot_api_dot_pb_dot_admin__pb2.FaultRulesRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
+            node_dot_pb_dot_admin__pb2.FaultRulesRequest.SerializeToString,
+            node_dot_pb_dot_admin__pb2.FaultRules.FromString,
             options,
             channel_credentials,
             insecure,
@@ -273,8 +273,8 @@ class Admin:
             request,
             target,
             '/quorumlab.v1.Admin/ClearFaults',
-            node_dot_api_dot_pb_dot_admin__pb2.FaultRulesRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_admin__pb2.FaultRules.FromString,
+            node_dot_pb_dot_admin__pb2.FaultRulesRequest.SerializeToString,
+            node_dot_pb_dot_admin__pb2.FaultRules.FromString,
             options,
             channel_credentials,
             insecure,
@@ -300,8 +300,8 @@ class Admin:
             request,
             target,
             '/quorumlab.v1.Admin/Campaign',
-            node_dot_api_dot_pb_dot_admin__pb2.CampaignRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_admin__pb2.StatusReply.FromString,
+            node_dot_pb_dot_admin__pb2.CampaignRequest.SerializeToString,
+            node_dot_pb_dot_admin__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,

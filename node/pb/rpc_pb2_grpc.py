@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from node.api.pb import rpc_pb2 as node_dot_api_dot_pb_dot_rpc__pb2
+from node.pb import rpc_pb2 as node_dot_pb_dot_rpc__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in node/api/pb/rpc_pb2_grpc.py depends on'
+        + ' but the generated code in node/pb/rpc_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,28 +36,28 @@ class KVStub:
         """
         self.Range = channel.unary_unary(
                 '/etcdserverpb.KV/Range',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.RangeRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.RangeResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.RangeRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.RangeResponse.FromString,
                 _registered_method=True)
         self.Put = channel.unary_unary(
                 '/etcdserverpb.KV/Put',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.PutRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.PutResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.PutRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.PutResponse.FromString,
                 _registered_method=True)
         self.DeleteRange = channel.unary_unary(
                 '/etcdserverpb.KV/DeleteRange',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.DeleteRangeResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.DeleteRangeResponse.FromString,
                 _registered_method=True)
         self.Txn = channel.unary_unary(
                 '/etcdserverpb.KV/Txn',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.TxnRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.TxnResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.TxnRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.TxnResponse.FromString,
                 _registered_method=True)
         self.Compact = channel.unary_unary(
                 '/etcdserverpb.KV/Compact',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.CompactionRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.CompactionResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.CompactionRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.CompactionResponse.FromString,
                 _registered_method=True)
 
 
@@ -99,28 +99,28 @@ def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Range': grpc.unary_unary_rpc_method_handler(
                     servicer.Range,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.RangeRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.RangeResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.RangeRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.RangeResponse.SerializeToString,
             ),
             'Put': grpc.unary_unary_rpc_method_handler(
                     servicer.Put,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.PutRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.PutResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.PutRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.PutResponse.SerializeToString,
             ),
             'DeleteRange': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRange,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.DeleteRangeRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.DeleteRangeResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.DeleteRangeRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.DeleteRangeResponse.SerializeToString,
             ),
             'Txn': grpc.unary_unary_rpc_method_handler(
                     servicer.Txn,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.TxnRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.TxnResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.TxnRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.TxnResponse.SerializeToString,
             ),
             'Compact': grpc.unary_unary_rpc_method_handler(
                     servicer.Compact,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.CompactionRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.CompactionResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.CompactionRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.CompactionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -148,8 +148,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Range',
-            node_dot_api_dot_pb_dot_rpc__pb2.RangeRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.RangeResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.RangeRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.RangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -175,8 +175,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Put',
-            node_dot_api_dot_pb_dot_rpc__pb2.PutRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.PutResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.PutRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.PutResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -202,8 +202,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/DeleteRange',
-            node_dot_api_dot_pb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.DeleteRangeResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.DeleteRangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -229,8 +229,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Txn',
-            node_dot_api_dot_pb_dot_rpc__pb2.TxnRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.TxnResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.TxnRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -256,8 +256,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Compact',
-            node_dot_api_dot_pb_dot_rpc__pb2.CompactionRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.CompactionResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.CompactionRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.CompactionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -280,8 +280,8 @@ class WatchStub:
         """
         self.Watch = channel.stream_stream(
                 '/etcdserverpb.Watch/Watch',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.WatchRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.WatchResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.WatchRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.WatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -299,8 +299,8 @@ def add_WatchServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Watch': grpc.stream_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.WatchRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.WatchResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.WatchRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -328,8 +328,8 @@ class Watch:
             request_iterator,
             target,
             '/etcdserverpb.Watch/Watch',
-            node_dot_api_dot_pb_dot_rpc__pb2.WatchRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.WatchResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.WatchRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -352,28 +352,28 @@ class LeaseStub:
         """
         self.LeaseGrant = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseGrant',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseGrantResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.LeaseGrantResponse.FromString,
                 _registered_method=True)
         self.LeaseRevoke = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseRevoke',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
                 _registered_method=True)
         self.LeaseKeepAlive = channel.stream_stream(
                 '/etcdserverpb.Lease/LeaseKeepAlive',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
                 _registered_method=True)
         self.LeaseTimeToLive = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseTimeToLive',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
                 _registered_method=True)
         self.LeaseLeases = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseLeases',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseLeasesRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseLeasesResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.LeaseLeasesRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.LeaseLeasesResponse.FromString,
                 _registered_method=True)
 
 
@@ -415,28 +415,28 @@ def add_LeaseServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'LeaseGrant': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseGrant,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseGrantRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseGrantResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.LeaseGrantRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.LeaseGrantResponse.SerializeToString,
             ),
             'LeaseRevoke': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseRevoke,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseRevokeRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseRevokeResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.LeaseRevokeRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.LeaseRevokeResponse.SerializeToString,
             ),
             'LeaseKeepAlive': grpc.stream_stream_rpc_method_handler(
                     servicer.LeaseKeepAlive,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseKeepAliveRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseKeepAliveResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.LeaseKeepAliveRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.LeaseKeepAliveResponse.SerializeToString,
             ),
             'LeaseTimeToLive': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseTimeToLive,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseTimeToLiveRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseTimeToLiveResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.LeaseTimeToLiveRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.LeaseTimeToLiveResponse.SerializeToString,
             ),
             'LeaseLeases': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseLeases,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseLeasesRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.LeaseLeasesResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.LeaseLeasesRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.LeaseLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -464,8 +464,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseGrant',
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseGrantResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.LeaseGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -491,8 +491,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseRevoke',
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -518,8 +518,8 @@ class Lease:
             request_iterator,
             target,
             '/etcdserverpb.Lease/LeaseKeepAlive',
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -545,8 +545,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseTimeToLive',
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -572,8 +572,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseLeases',
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseLeasesRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.LeaseLeasesResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.LeaseLeasesRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.LeaseLeasesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -596,28 +596,28 @@ class ClusterStub:
         """
         self.MemberAdd = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberAdd',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberAddResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.MemberAddResponse.FromString,
                 _registered_method=True)
         self.MemberRemove = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberRemove',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberRemoveResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.MemberRemoveResponse.FromString,
                 _registered_method=True)
         self.MemberUpdate = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberUpdate',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberUpdateResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.MemberUpdateResponse.FromString,
                 _registered_method=True)
         self.MemberList = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberList',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberListRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberListResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.MemberListRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.MemberListResponse.FromString,
                 _registered_method=True)
         self.MemberPromote = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberPromote',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberPromoteResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.MemberPromoteResponse.FromString,
                 _registered_method=True)
 
 
@@ -659,28 +659,28 @@ def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'MemberAdd': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberAdd,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberAddRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberAddResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.MemberAddRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.MemberAddResponse.SerializeToString,
             ),
             'MemberRemove': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberRemove,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberRemoveRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberRemoveResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.MemberRemoveRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.MemberRemoveResponse.SerializeToString,
             ),
             'MemberUpdate': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberUpdate,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberUpdateRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberUpdateResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.MemberUpdateRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.MemberUpdateResponse.SerializeToString,
             ),
             'MemberList': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberList,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberListRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberListResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.MemberListRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.MemberListResponse.SerializeToString,
             ),
             'MemberPromote': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberPromote,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberPromoteRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MemberPromoteResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.MemberPromoteRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.MemberPromoteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -708,8 +708,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberAdd',
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberAddResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.MemberAddResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -735,8 +735,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberRemove',
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberRemoveResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.MemberRemoveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -762,8 +762,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberUpdate',
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberUpdateResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.MemberUpdateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -789,8 +789,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberList',
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberListRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberListResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.MemberListRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.MemberListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -816,8 +816,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberPromote',
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.MemberPromoteResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.MemberPromoteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -840,43 +840,43 @@ class MaintenanceStub:
         """
         self.Alarm = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Alarm',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.AlarmRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.AlarmResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.AlarmRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.AlarmResponse.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Status',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.StatusRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.StatusResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.StatusRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.StatusResponse.FromString,
                 _registered_method=True)
         self.Defragment = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Defragment',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.DefragmentRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.DefragmentResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.DefragmentRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.DefragmentResponse.FromString,
                 _registered_method=True)
         self.Hash = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Hash',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.HashRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.HashResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.HashRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.HashResponse.FromString,
                 _registered_method=True)
         self.HashKV = channel.unary_unary(
                 '/etcdserverpb.Maintenance/HashKV',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.HashKVRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.HashKVResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.HashKVRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.HashKVResponse.FromString,
                 _registered_method=True)
         self.Snapshot = channel.unary_stream(
                 '/etcdserverpb.Maintenance/Snapshot',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.SnapshotRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.SnapshotResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
         self.MoveLeader = channel.unary_unary(
                 '/etcdserverpb.Maintenance/MoveLeader',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MoveLeaderRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MoveLeaderResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.MoveLeaderRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.MoveLeaderResponse.FromString,
                 _registered_method=True)
         self.Downgrade = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Downgrade',
-                request_serializer=node_dot_api_dot_pb_dot_rpc__pb2.DowngradeRequest.SerializeToString,
-                response_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.DowngradeResponse.FromString,
+                request_serializer=node_dot_pb_dot_rpc__pb2.DowngradeRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.DowngradeResponse.FromString,
                 _registered_method=True)
 
 
@@ -936,43 +936,43 @@ def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Alarm': grpc.unary_unary_rpc_method_handler(
                     servicer.Alarm,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.AlarmRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.AlarmResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.AlarmRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.AlarmResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.StatusRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.StatusResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.StatusRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.StatusResponse.SerializeToString,
             ),
             'Defragment': grpc.unary_unary_rpc_method_handler(
                     servicer.Defragment,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.DefragmentRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.DefragmentResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.DefragmentRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.DefragmentResponse.SerializeToString,
             ),
             'Hash': grpc.unary_unary_rpc_method_handler(
                     servicer.Hash,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.HashRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.HashResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.HashRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.HashResponse.SerializeToString,
             ),
             'HashKV': grpc.unary_unary_rpc_method_handler(
                     servicer.HashKV,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.HashKVRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.HashKVResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.HashKVRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.HashKVResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_stream_rpc_method_handler(
                     servicer.Snapshot,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.SnapshotRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.SnapshotResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.SnapshotRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.SnapshotResponse.SerializeToString,
             ),
             'MoveLeader': grpc.unary_unary_rpc_method_handler(
                     servicer.MoveLeader,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.MoveLeaderRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.MoveLeaderResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.MoveLeaderRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.MoveLeaderResponse.SerializeToString,
             ),
             'Downgrade': grpc.unary_unary_rpc_method_handler(
                     servicer.Downgrade,
-                    request_deserializer=node_dot_api_dot_pb_dot_rpc__pb2.DowngradeRequest.FromString,
-                    response_serializer=node_dot_api_dot_pb_dot_rpc__pb2.DowngradeResponse.SerializeToString,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.DowngradeRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.DowngradeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1000,8 +1000,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Alarm',
-            node_dot_api_dot_pb_dot_rpc__pb2.AlarmRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.AlarmResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.AlarmRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.AlarmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1027,8 +1027,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Status',
-            node_dot_api_dot_pb_dot_rpc__pb2.StatusRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.StatusResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.StatusRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1054,8 +1054,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Defragment',
-            node_dot_api_dot_pb_dot_rpc__pb2.DefragmentRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.DefragmentResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.DefragmentRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.DefragmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1081,8 +1081,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Hash',
-            node_dot_api_dot_pb_dot_rpc__pb2.HashRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.HashResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.HashRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.HashResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1108,8 +1108,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/HashKV',
-            node_dot_api_dot_pb_dot_rpc__pb2.HashKVRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.HashKVResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.HashKVRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.HashKVResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1135,8 +1135,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Snapshot',
-            node_dot_api_dot_pb_dot_rpc__pb2.SnapshotRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.SnapshotResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.SnapshotRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1162,8 +1162,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/MoveLeader',
-            node_dot_api_dot_pb_dot_rpc__pb2.MoveLeaderRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.MoveLeaderResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.MoveLeaderRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.MoveLeaderResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1189,8 +1189,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Downgrade',
-            node_dot_api_dot_pb_dot_rpc__pb2.DowngradeRequest.SerializeToString,
-            node_dot_api_dot_pb_dot_rpc__pb2.DowngradeResponse.FromString,
+            node_dot_pb_dot_rpc__pb2.DowngradeRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.DowngradeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,5 +1,0 @@
-#!/usr/bin/env bash
-# Regenerate the Python protobuf/gRPC modules from our .proto files (run from anywhere).
-set -euo pipefail
-cd "$(dirname "$0")/../../.."
-python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. node/api/pb/kv.proto node/api/pb/rpc.proto node/api/pb/admin.proto
