@@ -4,115 +4,51 @@ Everything that talks to the cluster is async (gRPC aio) or runs in a worker
 thread (process signals that wait), so the UI loop never blocks; the view
 refreshes at 4 Hz, the probe writes at 4 Hz, and every key binding calls the
 same orchestrator / chaos API as the CLI.
+
+The app owns the data (reactive attributes bound to the widgets in compose, so
+setting one re-renders what shows it) and the workers: one exclusive worker
+polls the cluster, one probes it, actions run in their own workers. The widgets
+live in tui/widgets/, the modal screens in tui/screens.py, the layout in
+dashboard.tcss, and what is shown is computed UI-free in tui/model.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList, RichLog, Sparkline, Static
+from textual.containers import Horizontal
+from textual.reactive import var
+from textual.widgets import Footer, Header
 
-from chaos.experiment import list_builtin
 from chaos.faults import Chaos, FaultError
 from chaos.net import NetError
 from chaos.workload import Workload
 from node.client import Client, ClientError
-from orchestrator.cli import alarms_text, human_bytes, stall_text
 from orchestrator.cluster import Cluster, ClusterView, OrchestrateError
 
-from .model import Series, Tracker, panel
+from .model import QuorumPanel, Series, Tracker, panel
+from .screens import ExperimentScreen, HelpScreen, PartitionScreen
+from .widgets import Charts, EventLog, NodeTable, Notice, QuorumView
 
 REFRESH_S = 0.25
-COLUMNS = ("NAME", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAG", "STATE", "GROUP", "STALL ms", "ALARMS",
-           "PID", "CPU%", "RSS", "CLIENT URL")  # fmt: skip
-STALL_WARN_MS = 50  # a stall this long eats half a default heartbeat interval: shown in red
-ROLE_STYLE = {"leader": "bold green", "candidate": "bold yellow", "pre-candidate": "yellow", "follower": "",
-              "no-leader": "red"}  # fmt: skip
-
-HELP = """[b]quorumlab dashboard[/b]
-
-Select a node with the arrow keys, then:
-  k  kill it (SIGKILL)            s  stop / start it (graceful)
-  p  pause / resume it (SIGSTOP)  r  restart it
-  i  isolate it from the others   x  partition: type groups like  n1,n2 n3,n4,n5
-  h  heal: clear network faults, resume paused nodes
-  a  add a member (learner, then promoted)    d  remove the selected member
-  l  move leadership to it        w  background workload on / off
-  e  run a built-in experiment (on its own throwaway cluster)
-  ?  this help                    q  quit
-
-The quorum panel is the seed's arithmetic live: N voters, quorum N/2+1,
-fault tolerance N - quorum, and a real probe write every 250 ms.
-Press any key to close."""
 
 
-class HelpScreen(ModalScreen[None]):
-    def compose(self) -> ComposeResult:
-        yield Static(HELP, id="help")
-
-    def on_key(self) -> None:
-        self.dismiss()
-
-
-class PartitionScreen(ModalScreen[str]):
-    def __init__(self, names: list[str]) -> None:
-        super().__init__()
-        self.names = names
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label(f"Partition {', '.join(self.names)} into groups (space-separated, comma within a group).")
-            yield Label("Nodes you do not name form their own groups. Esc cancels.")
-            half = len(self.names) // 2
-            yield Input(value=f"{','.join(self.names[:half])} {','.join(self.names[half:])}", id="groups")
-
-    @on(Input.Submitted)
-    def submitted(self, ev: Input.Submitted) -> None:
-        self.dismiss(ev.value)
-
-    def key_escape(self) -> None:
-        self.dismiss("")
-
-
-class ExperimentScreen(ModalScreen[str]):
-    def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
-            yield Label("Run which experiment? (on a separate throwaway cluster; Esc cancels)")
-            yield OptionList(*[f"{n} — {d}" for n, d in list_builtin()], id="experiments")
-
-    @on(OptionList.OptionSelected)
-    def chosen(self, ev: OptionList.OptionSelected) -> None:
-        self.dismiss(str(ev.option.prompt).split(" — ")[0])
-
-    def key_escape(self) -> None:
-        self.dismiss("")
+def chaos_state(c: Cluster) -> dict[str, Any]:
+    """What `orchestrate chaos` keeps in the state file: partition `groups` and fault `rules` by id."""
+    return c.st.extra.get("chaos", {})
 
 
 class Dashboard(App[int]):
-    CSS = """
-    #top { height: 1fr; }
-    #nodes { width: 3fr; }
-    #quorum { width: 1fr; min-width: 38; border: round $accent; padding: 0 1; }
-    #charts { height: 7; }
-    .chart { width: 1fr; border: round $primary; }
-    Sparkline { height: 3; }
-    Sparkline.faults { height: 1; }
-    Sparkline.faults > .sparkline--max-color { color: $error; }
-    Sparkline.faults > .sparkline--min-color { color: $background; }
-    #events { height: 10; border: round $secondary; }
-    #message { height: auto; color: $warning; }
-    #help, #dialog { width: 80; height: auto; border: thick $accent; background: $surface; padding: 1 2; }
-    HelpScreen, PartitionScreen, ExperimentScreen { align: center middle; }
-    """
+    CSS_PATH = "dashboard.tcss"
     BINDINGS = [
         Binding("k", "kill", "kill"),
         Binding("s", "stop_start", "stop/start"),
@@ -131,13 +67,21 @@ class Dashboard(App[int]):
     ]
     TITLE = "quorumlab"
 
+    # What the widgets show (bound in compose): set them, the widgets re-render.
+    notice: var[str] = var("")
+    view: var[ClusterView | None] = var(None)
+    groups: var[list[list[str]]] = var(list)
+    quorum_panel: var[QuorumPanel | None] = var(None)
+    tput_data: var[list[float]] = var(lambda: [0.0])
+    lat_data: var[list[float]] = var(lambda: [0.0])
+    fault_data: var[list[float]] = var(lambda: [0.0])
+
     def __init__(self, root: Path, name: str, refresh_s: float = REFRESH_S, clock: bool = True) -> None:
         super().__init__()
         self.clock = clock
         self.root, self.cluster_name = root, name
         self.refresh_s = refresh_s
         self.cluster: Cluster | None = None
-        self.view: ClusterView | None = None
         self.tracker = Tracker()
         self.writable: bool | None = None
         self.probe_ms = 0.0
@@ -148,39 +92,59 @@ class Dashboard(App[int]):
         self._probe_ok = 0
         self.workload: Workload | None = None
         self._wl_seen = 0
-        self.busy = False
+        self._poll_wanted = asyncio.Event()  # set by poll_now: refresh without waiting for the next tick
 
     # -- layout ---------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header(show_clock=self.clock)
-        yield Static("", id="message")
+        yield Notice(id="message").data_bind(text=Dashboard.notice)
         with Horizontal(id="top"):
-            yield DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
-            yield Static("", id="quorum")
-        with Horizontal(id="charts"):
-            with Vertical(classes="chart"):
-                yield Label("acknowledged writes/s (probe + workload); red: a fault was active")
-                yield Sparkline([0.0], id="tput")
-                yield Sparkline([0.0], id="tput-faults", classes="faults")
-            with Vertical(classes="chart"):
-                yield Label("probe write latency ms; red: a fault was active")
-                yield Sparkline([0.0], id="lat")
-                yield Sparkline([0.0], id="lat-faults", classes="faults")
-        yield RichLog(id="events", markup=True, wrap=True)
+            yield NodeTable(id="nodes").data_bind(Dashboard.view, Dashboard.groups)
+            yield QuorumView(id="quorum").data_bind(panel=Dashboard.quorum_panel)
+        yield Charts(id="charts").data_bind(
+            tput=Dashboard.tput_data, lat=Dashboard.lat_data, faults=Dashboard.fault_data
+        )
+        yield EventLog(id="events")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#nodes", DataTable)
-        widths = {"ROLE": 18, "STATE": 11, "LEADER": 6, "CLIENT URL": 28}  # the longest values they take
-        for c in COLUMNS:
-            table.add_column(c, key=c, width=widths.get(c))
         self.sub_title = self.cluster_name
-        self.set_interval(self.refresh_s, self.poll)
-        self.set_interval(self.refresh_s, self.probe)
-        self.poll_now()
+        self.poll()
+        self.probe()
 
     def poll_now(self) -> None:
-        self.call_later(self.poll)
+        """Refresh as soon as the refresh in flight (if any) is done: an action's effect shows at once."""
+        self._poll_wanted.set()
+
+    # -- workers -----------------------------------------------------------------------------------
+    async def _every(self, fn: Callable[[], Awaitable[None]], wake: asyncio.Event | None = None) -> None:
+        """Call fn every refresh_s, never overlapping: a call that overruns skips the ticks it missed.
+
+        `wake`, when set, starts the next call early (it is cleared just before the call).
+        """
+        start, count = time.monotonic(), 0
+        while True:
+            count = max(count + 1, int((time.monotonic() - start) / self.refresh_s) + 1)
+            delay = max(0.0, start + count * self.refresh_s - time.monotonic())
+            if wake is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+                wake.clear()
+            await fn()
+
+    @work(exclusive=True, group="poll")
+    async def poll(self) -> None:
+        """The one refresh loop: a refresh takes at least 250 ms (CPU is sampled over that), so
+        refreshes are sequenced in one long-lived worker rather than started per tick."""
+        await self._refresh()
+        await self._every(self._refresh, self._poll_wanted)
+
+    @work(exclusive=True, group="probe")
+    async def probe(self) -> None:
+        """The probe loop: one real write every refresh_s."""
+        await self._every(self._probe_once)
 
     # -- data ------------------------------------------------------------------------------------
     def _load_cluster(self) -> Cluster | None:
@@ -191,93 +155,42 @@ class Dashboard(App[int]):
         c.reload()
         return c
 
-    async def poll(self) -> None:
-        if self.busy:
-            return
-        self.busy = True
-        try:
-            await self._refresh()
-        finally:
-            self.busy = False
-
     async def _refresh(self) -> None:
-        msg = self.query_one("#message", Static)
         c = self._load_cluster()
         if c is None:
             self.cluster = None
-            msg.update(f"No cluster named {self.cluster_name!r} under {self.root}. Start one with "
-                       f"`orchestrate up --nodes 5` (this screen picks it up automatically). q quits.")  # fmt: skip
+            self.notice = (
+                f"No cluster named {self.cluster_name!r} under {self.root}. Start one with "
+                f"`orchestrate up --nodes 5` (this screen picks it up automatically). q quits."
+            )
             return
         self.cluster = c
         try:
             view = await c.view(usage=True, timeout=0.5)
         except (OrchestrateError, OSError, ValueError) as e:
-            msg.update(f"cannot read cluster state: {e}")
+            self.notice = f"cannot read cluster state: {e}"
             return
-        msg.update("")
-        self.view = view
+        self.notice = ""
         for ev in self.tracker.update(view):
             self.note(ev.render(), ev.kind)
-        groups = c.st.extra.get("chaos", {}).get("groups", [])
-        self._fill_table(view, groups)
+        chaos = chaos_state(c)
+        self.groups = chaos.get("groups", [])
+        self.view = view
         self._update_panel()
-        self._diff_faults(c.st.extra.get("chaos", {}).get("rules", {}))
+        self._diff_faults(chaos.get("rules", {}))
         wl_ok = 0
         if self.workload is not None:
             total = sum(1 for s in self.workload.samples if s.ok)
             wl_ok, self._wl_seen = total - self._wl_seen, total
         self.tput.push((self._probe_ok + wl_ok) / self.refresh_s)
         self._probe_ok = 0
-        active = bool(c.st.extra.get("chaos", {}).get("rules")) or any(v.state != "running" for v in view.nodes)
+        active = bool(chaos.get("rules")) or any(v.state != "running" for v in view.nodes)
         self.faults.push(1.0 if active else 0.0)
-        self.query_one("#tput", Sparkline).data = self.tput.data()
-        self.query_one("#lat", Sparkline).data = self.lat.data()
-        for sid in ("#tput-faults", "#lat-faults"):  # 1 renders in the max (red) colour, 0 in the background
-            self.query_one(sid, Sparkline).data = self.faults.data()
+        self.tput_data = self.tput.data()
+        self.lat_data = self.lat.data()
+        self.fault_data = self.faults.data()
 
-    def _fill_table(self, view: ClusterView, groups: list[list[str]]) -> None:
-        table = self.query_one("#nodes", DataTable)
-        where = {n: str(i + 1) for i, g in enumerate(groups) for n in g}
-        lead_commit = next((v.commit for v in view.nodes if v.name == view.leader), 0)
-        rows = {}
-        for v in view.nodes:
-            role = v.role + (" (learner)" if v.learner else "")
-            style = ROLE_STYLE.get(v.role, "")
-            state = v.state
-            rows[v.name] = [
-                v.name,
-                f"[{style}]{role or '-'}[/]" if style else (role or "-"),
-                str(v.term or "-"),
-                v.leader or "-",
-                str(v.commit),
-                str(v.applied),
-                str(max(0, lead_commit - v.applied)) if v.role and lead_commit else "-",
-                state,
-                where.get(v.name, "-"),
-                self._stall_cell(v.loop_stall_p99_ms, v.loop_stall_max_ms),
-                f"[bold red]{alarms_text(v.alarms)}[/]" if v.alarms else "-",
-                str(v.pid or "-"),
-                f"{v.cpu:.0f}" if v.pid else "-",
-                human_bytes(v.rss) if v.rss else "-",
-                v.client_url,
-            ]
-        existing = {str(k.value) for k in table.rows}
-        for name in existing - rows.keys():
-            table.remove_row(name)
-        for name, cells in rows.items():
-            if name in existing:
-                for col, val in zip(COLUMNS, cells, strict=True):
-                    table.update_cell(name, col, val)
-            else:
-                table.add_row(*cells, key=name)
-
-    @staticmethod
-    def _stall_cell(p99: float | None, mx: float | None) -> str:
-        """Loop stall p99/max over the last minute; red once it threatens heartbeats; '-' for real etcd."""
-        text = stall_text(p99, mx)
-        return f"[red]{text}[/]" if (mx or 0) >= STALL_WARN_MS else text
-
-    async def probe(self) -> None:
+    async def _probe_once(self) -> None:
         c = self.cluster
         if c is None or self.view is None:
             return
@@ -305,38 +218,38 @@ class Dashboard(App[int]):
                 detail = (
                     f" ({len(rules[fid])} rules, e.g. {r.get('src')}→{r.get('dst')} {r.get('action')})" if r else ""
                 )
-                self.note(self.tracker.add(f"fault injected: {fid}{detail}", "fault").render(), "fault")
+                self.record(f"fault injected: {fid}{detail}", "fault")
             for fid in sorted(self._fault_ids - ids):
-                self.note(self.tracker.add(f"fault healed: {fid}", "heal").render(), "heal")
+                self.record(f"fault healed: {fid}", "heal")
         self._fault_ids = ids
 
     def _update_panel(self) -> None:
         c, view = self.cluster, self.view
         if c is None or view is None:
             return
-        groups = c.st.extra.get("chaos", {}).get("groups", [])
-        p = panel(view, self.writable, self.probe_ms, c.st.election_ms, groups)
-        self.query_one("#quorum", Static).update("\n".join(p.lines()))
+        self.quorum_panel = panel(
+            view, self.writable, self.probe_ms, c.st.election_ms, chaos_state(c).get("groups", [])
+        )
 
     def _set_writable(self, ok: bool, ms: float, why: str = "") -> None:
         if self.writable is not None and ok != self.writable:
-            self.note(self.tracker.add("writes work again" if ok else f"probe write failed: {why or 'no node up'}",
-                                       "heal" if ok else "error").render(), "heal" if ok else "error")  # fmt: skip
+            if ok:
+                self.record("writes work again", "heal")
+            else:
+                self.record(f"probe write failed: {why or 'no node up'}", "error")
         self.writable, self.probe_ms = ok, ms
         self._update_panel()
 
     def note(self, text: str, kind: str) -> None:
-        color = {"leader": "green", "fault": "red", "error": "red", "heal": "cyan", "membership": "magenta"}
-        c = color.get(kind)
-        self.query_one("#events", RichLog).write(f"[{c}]{text}[/]" if c else text)
+        self.query_one(EventLog).note(text, kind)
+
+    def record(self, text: str, kind: str = "info") -> None:
+        """An event worth keeping: into the tracker's history (what tests read) and onto the log."""
+        self.note(self.tracker.add(text, kind).render(), kind)
 
     # -- actions ----------------------------------------------------------------------------------
     def selected(self) -> str | None:
-        table = self.query_one("#nodes", DataTable)
-        if table.row_count == 0:
-            return None
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        return str(key.value)
+        return self.query_one(NodeTable).selected
 
     @work(exclusive=False, group="actions")
     async def act(self, label: str, fn: Any, *args: Any) -> None:
@@ -345,9 +258,9 @@ class Dashboard(App[int]):
             res = fn(*args)
             if asyncio.iscoroutine(res):
                 await res
-            self.note(self.tracker.add(label, "fault").render(), "fault")
+            self.record(label, "fault")
         except (OrchestrateError, FaultError, NetError, ClientError, OSError) as e:
-            self.note(self.tracker.add(f"{label} failed: {e}", "error").render(), "error")
+            self.record(f"{label} failed: {e}", "error")
         self.poll_now()
 
     def _need(self) -> tuple[Cluster, str] | None:
@@ -427,7 +340,7 @@ class Dashboard(App[int]):
         if self.workload is not None:
             wl, self.workload = self.workload, None
             await wl.stop()
-            self.note(self.tracker.add("workload stopped").render(), "info")
+            self.record("workload stopped")
             return
         if self.cluster is None:
             self.bell()
@@ -436,7 +349,7 @@ class Dashboard(App[int]):
         self.workload = Workload(eps, clients=4, timeout=1.0)
         self._wl_seen = 0
         self.workload.start()
-        self.note(self.tracker.add("workload started: 4 clients, put/get/cas").render(), "info")
+        self.record("workload started: 4 clients, put/get/cas")
 
     def action_experiment(self) -> None:
         def chosen(name: str | None) -> None:
@@ -447,20 +360,26 @@ class Dashboard(App[int]):
 
     @work(exclusive=True, group="experiment")
     async def run_experiment(self, name: str) -> None:
-        self.note(self.tracker.add(f"experiment {name} started (its own cluster)").render(), "info")
+        self.record(f"experiment {name} started (its own cluster)")
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "orchestrator", "--root", str(self.root), "experiment", "run", name,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "--root",
+            str(self.root),
+            "experiment",
+            "run",
+            name,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         assert proc.stdout is not None
         async for raw in proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             if line.strip():
                 self.note(f"  [dim]{line[:200]}[/]", "info")
         code = await proc.wait()
-        self.note(
-            self.tracker.add(f"experiment {name} finished: exit {code}").render(), "heal" if code == 0 else "error"
-        )
+        self.record(f"experiment {name} finished: exit {code}", "heal" if code == 0 else "error")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -55,17 +55,17 @@ def panel(
     leader = next((v for v in view.nodes if v.name == view.leader), None)
     if leader is not None and leader.extra.get("peers"):
         peers = leader.extra["peers"]
-        in_contact = 1 + sum(
-            1 for name, p in peers.items()
-            if name in view.voters and p.get("active") and p.get("last_contact_ms", 1e9) < election_ms
-        )  # fmt: skip
+        fresh = [name for name, p in peers.items() if p.get("active") and p.get("last_contact_ms", 1e9) < election_ms]
+        in_contact = 1 + sum(1 for name in fresh if name in view.voters)
     else:
         in_contact = sum(1 for v in alive if v.leader == view.leader) if view.leader else 0
     reason = ""
     if writable is False or not view.leader:
         if not view.leader:
-            reason = "no leader: " + ("no side of the partition has a quorum" if groups else
-                                      f"only {len(alive)} of {n} voters answer, {quorum(n)} needed")  # fmt: skip
+            if groups:
+                reason = "no leader: no side of the partition has a quorum"
+            else:
+                reason = f"no leader: only {len(alive)} of {n} voters answer, {quorum(n)} needed"
         elif in_contact < quorum(n):
             reason = (
                 f"leader {view.leader} reaches only {in_contact} of the {quorum(n)} voters it needs (minority side)"
@@ -73,9 +73,19 @@ def panel(
         else:
             reason = "the probe write did not complete in time"
     warns = explain(n)[1:]
-    return QuorumPanel(n, quorum(n), fault_tolerance(n), len(alive), in_contact,
-                       max(0, in_contact - quorum(n)) if view.leader else 0, view.leader, writable, probe_ms,
-                       reason, warns)  # fmt: skip
+    return QuorumPanel(
+        n=n,
+        quorum=quorum(n),
+        fault_tolerance=fault_tolerance(n),
+        alive=len(alive),
+        in_contact=in_contact,
+        can_lose=max(0, in_contact - quorum(n)) if view.leader else 0,
+        leader=view.leader,
+        writable=writable,
+        probe_ms=probe_ms,
+        reason=reason,
+        warnings=warns,
+    )
 
 
 @dataclass
@@ -105,13 +115,14 @@ class Tracker:
         prev = self.last
         self.last = view
         if prev is None:
-            out.append(self.add(f"watching {view.name} ({view.engine}): {view.n} voters, leader "
-                                f"{view.leader or 'none'} (term {view.term})", "leader"))  # fmt: skip
+            first = f"watching {view.name} ({view.engine}): {view.n} voters, leader {view.leader or 'none'}"
+            out.append(self.add(f"{first} (term {view.term})", "leader"))
             return out
         if view.leader != prev.leader:
             if view.leader:
-                out.append(self.add(f"leader is now {view.leader} (term {view.term}); was {prev.leader or 'none'}",
-                                    "leader"))  # fmt: skip
+                out.append(
+                    self.add(f"leader is now {view.leader} (term {view.term}); was {prev.leader or 'none'}", "leader")
+                )
             else:
                 out.append(self.add(f"no leader (was {prev.leader}, term {prev.term})", "error"))
         elif view.term > prev.term and view.leader:
