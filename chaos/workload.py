@@ -15,35 +15,30 @@ import random
 import time
 from dataclasses import dataclass, field
 
-import grpc
-
-from node.client import Client, ClientError
+from node.client import Client, ClientError, Reason
 
 from .history import FAIL, INFO, OK, Op
 
-# refused before proposing: nothing was applied. ("server stopped" and "leader changed" are NOT
-# here: a stopping node fails proposals that may already be committed.)
-_CERTAIN_FAIL = (
-    "no leader",
-    "not leader",
-    "too many requests",
-    "key is not provided",
-    "request is too large",
-    "database space exceeded",  # NOSPACE: refused before proposing, or applied as a refusal by every member
+# refused before proposing: nothing was applied. (STOPPED and LEADER_CHANGED are NOT here: a
+# stopping node fails proposals that may already be committed; nor is any timeout, nor a text
+# the client does not know, UNKNOWN.)
+_CERTAIN_FAIL = frozenset(
+    {
+        Reason.UNREACHABLE,  # never reached the server (node.client decides which errors say so)
+        Reason.NO_LEADER,
+        Reason.NOT_LEADER,
+        Reason.TOO_MANY_REQUESTS,
+        Reason.KEY_NOT_PROVIDED,
+        Reason.REQUEST_TOO_LARGE,
+        Reason.NO_SPACE,  # NOSPACE: refused before proposing, or applied as a refusal by every member
+    }
 )
 
 
 def classify(e: ClientError, is_write: bool) -> str:
     if not is_write:
         return FAIL  # a read that failed changed nothing
-    msg = str(e).lower()
-    if e.code == grpc.StatusCode.UNAVAILABLE and (
-        "connection refused" in msg or "failed to connect" in msg or "connect failed" in msg
-    ):
-        return FAIL  # never reached the server
-    if any(s in msg for s in _CERTAIN_FAIL) and "timed out" not in msg:
-        return FAIL
-    return INFO
+    return FAIL if e.reason in _CERTAIN_FAIL else INFO
 
 
 @dataclass

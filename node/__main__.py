@@ -14,7 +14,7 @@ from node.api.server import ApiServer, PortInUse
 from node.kv import KVStateMachine
 from node.kv.retention import MODES, Retention, RetentionError, parse_retention
 from node.server.members import parse_initial_cluster
-from node.server.raftnode import NodeConfig, NodeError, RaftNode
+from node.server.raftnode import ConfigError, NodeConfig, RaftNode
 from node.storage.disk import StorageError
 from node.storage.snapshot import SnapshotCorruption
 from node.storage.wal import WalCorruption
@@ -115,7 +115,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         await node.start()
         await api.start(args.listen_client)
-    except (WalCorruption, SnapshotCorruption, StorageError, NodeError, PortInUse) as e:
+    except (WalCorruption, SnapshotCorruption, StorageError, ConfigError, PortInUse) as e:
         log.error("cannot start: %s", e)
         await node.stop(transfer=False)
         return 1

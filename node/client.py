@@ -7,6 +7,10 @@ fail with UNIMPLEMENTED, which callers treat as "not available").
 Failover follows etcd's Go client: reads and other safe calls move on to the
 next endpoint when one is unavailable; writes are retried elsewhere only when
 the server said it never took them (no leader), never after a timeout.
+
+Every failure is a ClientError: a node.errors.EtcdError whose reason is etcd's error
+constant, found by the whole text the node answered (as etcd's rpctypes), so callers
+decide by `code` and `reason`, never by reading the message.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import grpc
 
+from node.errors import EtcdError, lookup
+from node.errors import Reason as Reason  # re-exported: what callers of the client classify by
 from node.pb import admin_pb2, admin_pb2_grpc, kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 CHANNEL_OPTIONS = [
@@ -29,9 +35,26 @@ CHANNEL_OPTIONS = [
 ]
 
 
-class ClientError(Exception):
+# what grpc's channel says when it never reached the server (grpc's own texts, which have no
+# fixed list: matched as fragments, here only)
+_UNREACHABLE_TEXTS = ("failed to connect", "connect failed", "connection refused")
+
+
+def received_reason(code: grpc.StatusCode | None, text: str) -> Reason:
+    """etcd's reason for a received (code, text); the one place a connection failure is recognised."""
+    reason = lookup(text)
+    if reason is Reason.UNKNOWN and code == grpc.StatusCode.UNAVAILABLE:
+        low = text.lower()
+        if any(s in low for s in _UNREACHABLE_TEXTS):
+            return Reason.UNREACHABLE
+    return reason
+
+
+class ClientError(EtcdError):
+    """A call failed: the code and text as received (code None: no status at all), the endpoint asked."""
+
     def __init__(self, code: grpc.StatusCode | None, message: str, endpoint: str = "") -> None:
-        super().__init__(message)
+        super().__init__(received_reason(code, message), message)
         self.code = code
         self.endpoint = endpoint
 
@@ -116,10 +139,9 @@ class Client:
                 return await getattr(stub, method)(req, timeout=timeout or self.timeout)
             except grpc.aio.AioRpcError as e:
                 err = ClientError(e.code(), e.details() or str(e.code()), ep)
-                never_taken = e.code() == grpc.StatusCode.UNAVAILABLE and (
-                    "no leader" in (e.details() or "")
-                    or "failed to connect" in (e.details() or "").lower()
-                    or "connection refused" in (e.details() or "").lower()
+                never_taken = e.code() == grpc.StatusCode.UNAVAILABLE and err.reason in (
+                    Reason.NO_LEADER,
+                    Reason.UNREACHABLE,
                 )
                 if (
                     safe and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

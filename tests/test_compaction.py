@@ -15,10 +15,13 @@ from node.client import ClientError
 from node.kv import KVStateMachine
 from node.kv import apply as kv_apply
 from node.kv.apply import OP_COMPACT, OP_DELETE, OP_PUT, OP_TXN, encode
-from node.kv.mvcc import ERR_COMPACTED, StoreReplaced
+from node.kv.mvcc import StoreReplaced
 from node.kv.retention import Retention, RetentionError, go_duration, parse_retention
 from node.pb import rpc_pb2
 from tests.procs import NodeProcs
+
+# etcd's exact texts (the spec: not imported from the code under test)
+ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 
 Make = Callable[..., NodeProcs]
 

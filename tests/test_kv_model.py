@@ -17,10 +17,14 @@ import hypothesis.strategies as st
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from node.kv import KVError, KVStateMachine, WatchHub, WatchStream, reads
+from node.errors import EtcdError
+from node.kv import KVStateMachine, WatchHub, WatchStream, reads
 from node.kv.apply import OP_COMPACT, OP_DELETE, OP_PUT, OP_TXN, encode
-from node.kv.mvcc import ERR_COMPACTED, ERR_FUTURE_REV
 from node.pb import rpc_pb2
+
+# etcd's exact texts (the spec: not imported from the code under test)
+ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+ERR_FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
 
 KEYS = [b"a", b"ab", b"b", b"ba", b"c"]
 keys = st.sampled_from(KEYS)
@@ -157,7 +161,7 @@ class KVMachine(RuleBasedStateMachine):
         rev = self.m.rev - back
         r = self.apply(OP_COMPACT, rpc_pb2.CompactionRequest(revision=rev))
         if rev <= self.m.compacted:
-            assert isinstance(r, KVError) and str(r) == ERR_COMPACTED
+            assert isinstance(r, EtcdError) and str(r) == ERR_COMPACTED
             return
         assert isinstance(r, rpc_pb2.CompactionResponse)
         self.m.compacted = rev
@@ -172,14 +176,14 @@ class KVMachine(RuleBasedStateMachine):
         if rev > self.m.rev:
             try:
                 read_range(self.loop, self.sm, req)
-            except KVError as e:
+            except EtcdError as e:
                 assert str(e) == ERR_FUTURE_REV
                 return
             raise AssertionError("future revision accepted")
         if 0 < rev < self.m.compacted:
             try:
                 read_range(self.loop, self.sm, req)
-            except KVError as e:
+            except EtcdError as e:
                 assert str(e) == ERR_COMPACTED
                 return
             raise AssertionError("compacted revision accepted")

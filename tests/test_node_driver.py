@@ -27,10 +27,12 @@ import pytest
 
 from node.api.admin_service import node_status
 from node.api.compactor import Compactor
+from node.errors import EtcdError, Reason
 from node.kv import KVStateMachine
 from node.kv.retention import Retention
 from node.raft import NONE, Config, ConfState, Entry, HardState, Message, MsgType, Raft, Ready, Role, Snapshot
-from node.server.raftnode import NodeConfig, NodeError, RaftNode
+from node.raft.types import DropReason, ProposalDropped
+from node.server.raftnode import EXIT_FATAL, NodeConfig, RaftNode
 from node.server.snapshotter import pack_envelope
 from node.storage import DiskFull
 
@@ -156,10 +158,13 @@ class ListSM:
         self.generation = 0
         self.apply_s = 0.0  # a slow apply (a big txn)
         self.seen: list[int] = []  # a probe's counter at each apply
+        self.fail_on: bytes | None = None  # a payload whose apply raises (a bug in the state machine)
 
     probe = 0
 
     def apply(self, index: int, payload: bytes) -> Any:
+        if payload == self.fail_on:
+            raise KeyError("state machine bug")
         self.items.append(index)
         if self.apply_s:
             time.sleep(self.apply_s)
@@ -414,8 +419,46 @@ async def test_an_exception_from_a_hook_in_the_ready_loop_is_fatal(driven: Make)
     d.node.campaign()
     await _until(lambda: bool(d.fatal))
     assert "lessor bug" in str(d.fatal[0])
-    with pytest.raises(NodeError, match="server stopped"):
+    with pytest.raises(EtcdError, match="server stopped"):
         await d.node.propose(b"x", timeout=1.0)
+
+
+async def test_an_exception_from_the_state_machines_apply_is_fatal(
+    driven: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """apply turns expected refusals into results; whatever it raises is a bug that would let this
+    member's state drift from the others', so it ends the process like any other bug in the loop
+    (exit 70), and the proposer is told the server stopped, not handed the bug."""
+    d = driven([1])
+    await _leader(d)
+    assert await d.node.propose(b"ok", timeout=2.0) == 1  # results come back as they are
+    d.sm.fail_on = b"boom"
+    with pytest.raises(EtcdError) as ei:
+        await d.node.propose(b"boom", timeout=2.0)
+    assert ei.value.reason is Reason.STOPPED and str(ei.value) == "etcdserver: server stopped"
+    assert len(d.fatal) == 1 and isinstance(d.fatal[0], KeyError) and d.node._stopping
+    assert any("while applying entry" in n for n in getattr(d.fatal[0], "__notes__", []))
+    rec = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert rec and rec[0].exc_info and f"exit code {EXIT_FATAL}" in rec[0].getMessage()
+    with pytest.raises(EtcdError, match="server stopped"):
+        await d.node.propose(b"after", timeout=1.0)
+
+
+async def test_a_dropped_proposal_is_refused_with_etcds_text_by_its_reason(
+    driven: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = driven([1])
+    await _leader(d)
+
+    def dropped(data: bytes) -> None:
+        raise ProposalDropped(DropReason.LEADERSHIP_TRANSFER)
+
+    monkeypatch.setattr(d.raft, "propose", dropped)
+    with pytest.raises(EtcdError) as ei:
+        await d.node.propose(b"x", timeout=2.0)
+    assert ei.value.reason is Reason.LEADERSHIP_TRANSFER
+    assert str(ei.value) == "etcdserver: leadership transfer in progress"
+    assert not d.fatal
 
 
 # -- snapshots in the background ------------------------------------------------------------------
@@ -475,7 +518,7 @@ async def test_snapshot_disk_full_keeps_serving_other_errors_are_fatal(driven: M
     await _propose_n(d, 3, "b")  # still serving
     d.storage.snap_fail = [PermissionError(errno.EPERM, "Operation not permitted")]
     await _until(lambda: d.node.snapshotter.task is None)
-    with contextlib.suppress(NodeError):
+    with contextlib.suppress(EtcdError):
         await _propose_n(d, 12, "c")  # the member stops while these are in flight
     await _until(lambda: bool(d.fatal))
     assert isinstance(d.fatal[0], PermissionError)

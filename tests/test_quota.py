@@ -22,12 +22,15 @@ import pytest
 
 from node.api.quota import SpaceGuard
 from node.client import ClientError
-from node.kv import KVError, KVStateMachine
+from node.errors import EtcdError, Reason
+from node.kv import KVStateMachine
 from node.kv.apply import OP_ALARM, OP_DELETE, OP_LEASE_GRANT, OP_PUT, OP_TXN, encode
-from node.kv.quota import ERR_NO_SPACE
 from node.pb import rpc_pb2
 from node.server.raftnode import NodeConfig, RaftNode
 from tests.procs import NodeProcs
+
+# etcd's exact texts (the spec: not imported from the code under test)
+ERR_NO_SPACE = "etcdserver: mvcc: database space exceeded"
 
 Make = Callable[..., NodeProcs]
 QUOTA = 200 * 1024
@@ -51,21 +54,26 @@ def test_apply_refuses_space_while_nospace_is_active() -> None:
     ap(OP_PUT, rpc_pb2.PutRequest(key=b"a", value=b"1"))
     ap(OP_ALARM, rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=7, alarm=rpc_pb2.NOSPACE))
     put = ap(OP_PUT, rpc_pb2.PutRequest(key=b"b", value=b"2"))
-    assert isinstance(put, KVError) and str(put) == ERR_NO_SPACE and put.code == "RESOURCE_EXHAUSTED"
+    assert (
+        isinstance(put, EtcdError)
+        and str(put) == ERR_NO_SPACE
+        and put.reason is Reason.NO_SPACE
+        and put.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
     txn_put = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"c", value=b"3"))])
-    assert isinstance(ap(OP_TXN, txn_put), KVError)
-    assert isinstance(ap(OP_LEASE_GRANT, rpc_pb2.LeaseGrantRequest(ID=5, TTL=10)), KVError)
+    assert isinstance(ap(OP_TXN, txn_put), EtcdError)
+    assert isinstance(ap(OP_LEASE_GRANT, rpc_pb2.LeaseGrantRequest(ID=5, TTL=10)), EtcdError)
     # deletes (alone or in a txn) still apply: they are how space is freed
     txn_del = rpc_pb2.TxnRequest(
         success=[rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=b"zz"))]
     )
-    assert not isinstance(ap(OP_TXN, txn_del), KVError)
-    assert not isinstance(ap(OP_DELETE, rpc_pb2.DeleteRangeRequest(key=b"a")), KVError)
+    assert not isinstance(ap(OP_TXN, txn_del), EtcdError)
+    assert not isinstance(ap(OP_DELETE, rpc_pb2.DeleteRangeRequest(key=b"a")), EtcdError)
     assert sm.store.get(b"b") is None and sm.store.get(b"a") is None
     # etcd's reply to a deactivation names the alarm that went away
     resp = ap(OP_ALARM, rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.DEACTIVATE, memberID=7, alarm=rpc_pb2.NOSPACE))
     assert isinstance(resp, rpc_pb2.AlarmResponse) and [(a.memberID, a.alarm) for a in resp.alarms] == [(7, 1)]
-    assert not isinstance(ap(OP_PUT, rpc_pb2.PutRequest(key=b"b", value=b"2")), KVError)
+    assert not isinstance(ap(OP_PUT, rpc_pb2.PutRequest(key=b"b", value=b"2")), EtcdError)
 
 
 async def test_guard_refuses_writes_while_the_disk_is_full(tmp_path: Path) -> None:
@@ -82,9 +90,13 @@ async def test_guard_refuses_writes_while_the_disk_is_full(tmp_path: Path) -> No
         rpc_pb2.LeaseGrantRequest(ID=1, TTL=10),
         rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k"))]),
     ):
-        with pytest.raises(KVError) as ei:
+        with pytest.raises(EtcdError) as ei:
             await guard.admit(req)
-        assert str(ei.value) == ERR_NO_SPACE and ei.value.code == "RESOURCE_EXHAUSTED"
+        assert (
+            str(ei.value) == ERR_NO_SPACE
+            and ei.value.reason is Reason.NO_SPACE
+            and ei.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
     await guard.admit(rpc_pb2.DeleteRangeRequest(key=b"k"))  # costs nothing: allowed
     await guard.admit(rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"k"))]))
 
@@ -118,16 +130,20 @@ async def test_refusals_wait_for_one_shared_alarm_proposal(tmp_path: Path) -> No
     seen: list[bool] = []
 
     async def one() -> None:
-        with pytest.raises(KVError) as ei:
+        with pytest.raises(EtcdError) as ei:
             await guard.admit(big)
-        assert str(ei.value) == ERR_NO_SPACE and ei.value.code == "RESOURCE_EXHAUSTED"
+        assert (
+            str(ei.value) == ERR_NO_SPACE
+            and ei.value.reason is Reason.NO_SPACE
+            and ei.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
         seen.append(guard.active())
 
     await asyncio.gather(*(one() for _ in range(5)))
     assert seen == [True] * 5, "refused before the alarm was applied"
     assert calls == [1]
     for req in (big, rpc_pb2.PutRequest(key=b"k", value=b"small")):
-        with pytest.raises(KVError):
+        with pytest.raises(EtcdError):
             await guard.admit(req)  # refused while the alarm is active, at once
     assert calls == [1]  # and no new proposal
     await guard.admit(rpc_pb2.DeleteRangeRequest(key=b"k"))  # costs nothing: admitted
@@ -136,26 +152,24 @@ async def test_refusals_wait_for_one_shared_alarm_proposal(tmp_path: Path) -> No
 async def test_a_failed_alarm_proposal_still_refuses_and_the_next_one_retries(tmp_path: Path) -> None:
     guard, _sm, calls = _unstarted_guard(tmp_path, [RuntimeError("raft is gone")])
     big = rpc_pb2.PutRequest(key=b"k", value=b"x" * QUOTA)
-    with pytest.raises(KVError):
+    with pytest.raises(EtcdError):
         await guard.admit(big)
     assert not guard.active() and calls == [1]
-    with pytest.raises(KVError):
+    with pytest.raises(EtcdError):
         await guard.admit(big)
     assert guard.active() and calls == [1, 2]
 
 
 async def test_the_disk_full_retry_survives_any_error(tmp_path: Path) -> None:
     """The background raise after a full disk keeps retrying whatever the proposal raises."""
-    guard, _sm, calls = _unstarted_guard(
-        tmp_path, [RuntimeError("unexpected"), KVError("etcdserver: x", "UNAVAILABLE")]
-    )
+    guard, _sm, calls = _unstarted_guard(tmp_path, [RuntimeError("unexpected"), EtcdError(Reason.NO_LEADER)])
     guard.node._set_disk_full()
     deadline = time.monotonic() + 5
     while not guard.active():
         assert time.monotonic() < deadline, f"NOSPACE never raised after {len(calls)} proposals"
         await asyncio.sleep(0.02)
     assert len(calls) == 3
-    with pytest.raises(KVError):
+    with pytest.raises(EtcdError):
         await guard.admit(rpc_pb2.PutRequest(key=b"k", value=b"v"))  # the disk is full: refused
 
 

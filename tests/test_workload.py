@@ -10,7 +10,7 @@ import pytest
 
 from chaos.history import FAIL, INFO
 from chaos.workload import classify
-from node.client import ClientError
+from node.client import ClientError, Reason
 
 C = grpc.StatusCode
 
@@ -60,3 +60,22 @@ def test_a_failed_read_changed_nothing(code: grpc.StatusCode | None, msg: str) -
 def test_case_does_not_matter() -> None:
     assert classify(ClientError(C.UNAVAILABLE, "etcdserver: Server Stopped"), is_write=True) == INFO
     assert classify(ClientError(C.UNAVAILABLE, "etcdserver: No Leader"), is_write=True) == FAIL
+
+
+# -- how the client names what it received (classify decides by these reasons) ---------------------
+@pytest.mark.parametrize("reason", [r for r in Reason if r.text])
+def test_every_etcd_text_comes_back_as_its_reason(reason: Reason) -> None:
+    e = ClientError(reason.code, reason.text, "127.0.0.1:1")
+    assert e.reason is reason and e.code == reason.code and str(e) == reason.text
+
+
+def test_an_unknown_text_keeps_its_code_and_is_never_matched_by_a_fragment() -> None:
+    e = ClientError(C.UNAVAILABLE, "etcdserver: no leader (request timed out)")
+    assert e.reason is Reason.UNKNOWN and e.code == C.UNAVAILABLE
+    assert ClientError(None, "timed out waiting for the server").code is None
+
+
+def test_a_connection_failure_is_unreachable_only_when_unavailable() -> None:
+    assert ClientError(C.UNAVAILABLE, "failed to connect to all addresses").reason is Reason.UNREACHABLE
+    assert ClientError(C.UNKNOWN, "failed to connect to all addresses").reason is Reason.UNKNOWN
+    assert ClientError(C.UNAVAILABLE, "Socket closed").reason is Reason.UNKNOWN

@@ -8,14 +8,12 @@ from typing import Any
 
 import grpc
 
+from node.errors import EtcdError, Reason
 from node.faults import FaultRuleError, Rule, make_rule
-from node.kv import KVError
 from node.pb import admin_pb2, admin_pb2_grpc, rpc_pb2
 from node.server.raftnode import RaftNode
 
 from .context import Ctx, grpc_errors
-
-ERR_NO_FAULTS = "quorumlab: fault injection is not enabled on this node (start it with --enable-fault-injection)"
 
 
 def _rules_pb(rules: list[Rule]) -> admin_pb2.FaultRules:
@@ -104,7 +102,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     def _table(self):  # type: ignore[no-untyped-def]
         if self.ctx.node.faults is None:
-            raise KVError(ERR_NO_FAULTS, "FAILED_PRECONDITION")
+            raise EtcdError(Reason.NO_FAULT_INJECTION)
         return self.ctx.node.faults
 
     @staticmethod
@@ -115,7 +113,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 for r in req.rules
             ]
         except FaultRuleError as e:
-            raise KVError(str(e), "INVALID_ARGUMENT") from e
+            raise EtcdError(Reason.INVALID_FAULT_RULE, str(e)) from e
 
     @grpc_errors
     async def SetFaults(self, request: admin_pb2.FaultRules, context: grpc.aio.ServicerContext) -> admin_pb2.FaultRules:

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from node.kv import KVError
+from node.errors import EtcdError, Reason
 from node.pb import rpc_pb2, rpc_pb2_grpc
 from node.raft import ConfChange, ConfChangeType, ConfState
 from node.server.members import Member, member_id, normalize_url
 
 from .context import Ctx, grpc_errors
-
-ERR_MEMBER_NOT_FOUND = "etcdserver: member not found"
-ERR_PEER_URL_EXISTS = "etcdserver: Peer URLs already exists"
-ERR_NOT_LEARNER = "etcdserver: can only promote a learner member"
-ERR_LEARNER_NOT_READY = "etcdserver: can only promote a learner member which is in sync with leader"
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
@@ -52,11 +47,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberAddResponse:
         if not request.peerURLs:
-            raise KVError("etcdserver: member peer URLs not provided", "INVALID_ARGUMENT")
+            raise EtcdError(Reason.PEER_URLS_NOT_PROVIDED)
         urls = [normalize_url(u) for u in request.peerURLs]
         for m in self.ctx.node.members.values():
             if set(urls) & set(m.peer_urls):
-                raise KVError(ERR_PEER_URL_EXISTS, "FAILED_PRECONDITION")
+                raise EtcdError(Reason.PEER_URL_EXISTS)
         mid = member_id(urls[0], self.token)
         new = Member(mid, "", urls, [], request.isLearner)
         kind = ConfChangeType.ADD_LEARNER if request.isLearner else ConfChangeType.ADD_NODE
@@ -68,7 +63,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     def _require_member(self, mid: int) -> Member:
         m = self.ctx.node.members.get(mid)
         if m is None:
-            raise KVError(ERR_MEMBER_NOT_FOUND, "NOT_FOUND")
+            raise EtcdError(Reason.MEMBER_NOT_FOUND)
         return m
 
     @grpc_errors
@@ -87,11 +82,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         m = self._require_member(request.ID)
         r = node.raft
         if r is None or not r.is_learner(request.ID):
-            raise KVError(ERR_NOT_LEARNER, "FAILED_PRECONDITION")
+            raise EtcdError(Reason.MEMBER_NOT_LEARNER)
         if node.lead == node.member_id:
             match = r.match_index(request.ID)
             if match is None or match < r.committed_index * 0.9:
-                raise KVError(ERR_LEARNER_NOT_READY, "FAILED_PRECONDITION")
+                raise EtcdError(Reason.LEARNER_NOT_READY)
         await node.propose_conf_change(ConfChange(ConfChangeType.ADD_NODE, request.ID), m)
         return rpc_pb2.MemberPromoteResponse(header=self.ctx.header(), members=self._members())
 

@@ -19,12 +19,11 @@ import logging
 import os
 import time
 
-from node.kv import KVError
+from node.errors import EtcdError, Reason
 from node.kv.apply import OP_COMPACT, KVStateMachine, encode
-from node.kv.mvcc import ERR_COMPACTED
 from node.kv.retention import Retention
 from node.pb import rpc_pb2
-from node.server.raftnode import NodeError, RaftNode
+from node.server.raftnode import RaftNode
 
 log = logging.getLogger("quorumlab.compactor")
 REVISION_CHECK_S = float(os.environ.get("QUORUMLAB_COMPACTION_CHECK_INTERVAL", "10"))
@@ -69,11 +68,11 @@ class Compactor:
         t0 = time.monotonic()
         try:
             res = await self.node.propose(encode(OP_COMPACT, rpc_pb2.CompactionRequest(revision=rev)), timeout=10.0)
-        except NodeError as e:
+        except EtcdError as e:
             log.warning("auto-compaction to revision %d failed: %s", rev, e)
             return False
-        if isinstance(res, KVError):  # the state machine's refusal comes back as the result
-            if str(res) == ERR_COMPACTED:
+        if isinstance(res, EtcdError):  # the state machine's refusal comes back as the result
+            if res.reason is Reason.COMPACTED:
                 return True
             log.warning("auto-compaction to revision %d failed: %s", rev, res)
             return False

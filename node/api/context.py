@@ -8,18 +8,16 @@ from typing import Any, TypeVar
 
 import grpc
 
-from node.kv import KVError
+from node.errors import EtcdError, Reason
 from node.kv.apply import KVStateMachine
 from node.pb import rpc_pb2
-from node.server.raftnode import ERR_NO_LEADER, NodeError, RaftNode
+from node.server.raftnode import RaftNode
 
 from .lessor import Lessor
 from .quota import SpaceGuard
 
 MAX_REQUEST_BYTES = int(1.5 * 1024 * 1024)
 GRPC_RECV_LIMIT = MAX_REQUEST_BYTES + 512 * 1024
-ERR_TOO_LARGE = "etcdserver: request is too large"
-ERR_NOT_LEADER = "etcdserver: not leader"
 VERSION = "3.5.0"  # the etcd API level we speak; etcdctl gates features on it
 
 T = TypeVar("T")
@@ -48,12 +46,23 @@ class Ctx:
 
     def check_size(self, req: Any) -> None:
         if req.ByteSize() > MAX_REQUEST_BYTES:
-            raise KVError(ERR_TOO_LARGE, "INVALID_ARGUMENT")
+            raise EtcdError(Reason.REQUEST_TOO_LARGE)
 
     def check_has_leader(self, context: grpc.aio.ServicerContext) -> None:
         md = dict(context.invocation_metadata() or ())
         if md.get("hasleader") == "true" and not self.node.has_leader():
-            raise NodeError(ERR_NO_LEADER)
+            raise EtcdError(Reason.NO_LEADER)
+
+    async def propose(self, payload: bytes) -> Any:
+        """Replicate a request and return its result; a refusal by the state machine is raised.
+
+        KVStateMachine.apply returns a refusal (an EtcdError) instead of raising it: every member
+        applies the entry, only the proposer turns it into the client's error, here.
+        """
+        result = await self.node.propose(payload)
+        if isinstance(result, EtcdError):
+            raise result
+        return result
 
     def leader_client_url(self) -> str | None:
         m = self.node.members.get(self.node.lead)
@@ -63,21 +72,14 @@ class Ctx:
 
 
 def grpc_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn NodeError/KVError into gRPC status codes with etcd's exact messages."""
+    """Send an EtcdError as its gRPC status code with etcd's exact text."""
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             return await fn(self, request, context)
-        except (NodeError, KVError) as e:
-            code = getattr(grpc.StatusCode, e.code, grpc.StatusCode.UNKNOWN)
-            await context.abort(code, str(e))
+        except EtcdError as e:
+            await context.abort(e.code or grpc.StatusCode.UNKNOWN, str(e))
             raise  # unreachable: abort raises
 
     return wrapper
-
-
-def raise_if_error(result: Any) -> Any:
-    if isinstance(result, Exception):
-        raise result
-    return result

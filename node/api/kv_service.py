@@ -26,7 +26,7 @@ from node.kv.apply import (
 from node.kv.reads import read_range, read_txn
 from node.pb import rpc_pb2, rpc_pb2_grpc
 
-from .context import Ctx, grpc_errors, raise_if_error
+from .context import Ctx, grpc_errors
 
 JOIN_OFF_LOOP = 1 << 20  # replies larger than this are joined on a worker thread
 
@@ -108,7 +108,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.ctx.check_size(request)
         validate_put(request)
         await self.ctx.space.admit(request)
-        res = raise_if_error(await self.ctx.node.propose(encode(OP_PUT, request)))
+        res = await self.ctx.propose(encode(OP_PUT, request))
         return self.ctx.fill(res)
 
     @grpc_errors
@@ -117,7 +117,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     ) -> rpc_pb2.DeleteRangeResponse:
         self.ctx.check_size(request)
         validate_delete(request)
-        res = raise_if_error(await self.ctx.node.propose(encode(OP_DELETE, request)))
+        res = await self.ctx.propose(encode(OP_DELETE, request))
         return self.ctx.fill(res)
 
     @grpc_errors
@@ -131,7 +131,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             out = await read_txn(sm, request)
             return await _join(out.parts(self.ctx.header(out.revision)))
         await self.ctx.space.admit(request)
-        res = raise_if_error(await self.ctx.node.propose(encode(OP_TXN, request)))
+        res = await self.ctx.propose(encode(OP_TXN, request))
         return self._fill_txn(res)
 
     def _fill_txn(self, resp: rpc_pb2.TxnResponse, nested: bool = False) -> rpc_pb2.TxnResponse:
@@ -154,5 +154,5 @@ class KVService(rpc_pb2_grpc.KVServicer):
     async def Compact(
         self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.CompactionResponse:
-        res = raise_if_error(await self.ctx.node.propose(encode(OP_COMPACT, request)))
+        res = await self.ctx.propose(encode(OP_COMPACT, request))
         return self.ctx.fill(res)

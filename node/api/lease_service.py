@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.kv import KVError
-from node.kv.apply import ERR_LEASE_TTL_TOO_LARGE, MAX_LEASE_TTL, OP_LEASE_GRANT, OP_LEASE_REVOKE, encode
+from node.errors import EtcdError, Reason, from_status
+from node.kv.apply import MAX_LEASE_TTL, OP_LEASE_GRANT, OP_LEASE_REVOKE, encode
 from node.pb import rpc_pb2, rpc_pb2_grpc
-from node.server.raftnode import ERR_NO_LEADER, NodeError
 
-from .context import Ctx, grpc_errors, raise_if_error
+from .context import Ctx, grpc_errors
 
 
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
@@ -30,7 +29,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     def _leader_stub(self) -> rpc_pb2_grpc.LeaseStub:
         url = self.ctx.leader_client_url()
         if url is None:
-            raise NodeError(ERR_NO_LEADER)
+            raise EtcdError(Reason.NO_LEADER)
         target = url.split("://", 1)[-1]
         ch = self._channels.get(target)
         if ch is None:
@@ -43,20 +42,20 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseGrantResponse:
         if request.TTL > MAX_LEASE_TTL:
-            raise KVError(ERR_LEASE_TTL_TOO_LARGE, "OUT_OF_RANGE")
+            raise EtcdError(Reason.LEASE_TTL_TOO_LARGE)
         # etcd's minimum TTL is 1.5 election timeouts (rounded up to a second); applied here, before
         # proposing, so every node applies the same value
         min_ttl = math.ceil(1.5 * self.ctx.node.cfg.election_ms / 1000)
         req = rpc_pb2.LeaseGrantRequest(TTL=max(request.TTL, min_ttl), ID=request.ID or random.getrandbits(62) + 1)
         await self.ctx.space.admit(req)
-        res = raise_if_error(await self.ctx.node.propose(encode(OP_LEASE_GRANT, req)))
+        res = await self.ctx.propose(encode(OP_LEASE_GRANT, req))
         return self.ctx.fill(res)
 
     @grpc_errors
     async def LeaseRevoke(
         self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseRevokeResponse:
-        res = raise_if_error(await self.ctx.node.propose(encode(OP_LEASE_REVOKE, request)))
+        res = await self.ctx.propose(encode(OP_LEASE_REVOKE, request))
         return self.ctx.fill(res)
 
     async def _keep_alive_one(self, lease_id: int) -> rpc_pb2.LeaseKeepAliveResponse:
@@ -70,7 +69,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         finally:
             call.cancel()
         if not isinstance(resp, rpc_pb2.LeaseKeepAliveResponse):
-            raise NodeError(ERR_NO_LEADER)
+            raise EtcdError(Reason.NO_LEADER)
         return rpc_pb2.LeaseKeepAliveResponse(header=self.ctx.header(), ID=resp.ID, TTL=resp.TTL)
 
     async def LeaseKeepAlive(  # type: ignore[override]
@@ -78,15 +77,15 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         try:
             self.ctx.check_has_leader(context)
-        except NodeError as e:
+        except EtcdError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         with contextlib.suppress(asyncio.CancelledError):
             async for req in request_iterator:
                 try:
                     yield await self._keep_alive_one(req.ID)
-                except (TimeoutError, NodeError, grpc.aio.AioRpcError) as e:
+                except (TimeoutError, EtcdError, grpc.aio.AioRpcError) as e:
                     await context.abort(
-                        grpc.StatusCode.UNAVAILABLE, str(e) if isinstance(e, NodeError) else ERR_NO_LEADER
+                        grpc.StatusCode.UNAVAILABLE, str(e) if isinstance(e, EtcdError) else Reason.NO_LEADER.text
                     )
 
     @grpc_errors
@@ -107,7 +106,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         try:
             fwd = await self._leader_stub().LeaseTimeToLive(request, timeout=5.0)
         except grpc.aio.AioRpcError as e:
-            raise NodeError(e.details() or ERR_NO_LEADER) from e
+            # the leader's answer, passed on as Unavailable (this member could not serve it)
+            raise from_status(grpc.StatusCode.UNAVAILABLE, e.details() or Reason.NO_LEADER.text) from e
         fwd.header.CopyFrom(self.ctx.header())
         return fwd
 

@@ -12,9 +12,10 @@ import asyncio
 import logging
 import time
 
+from node.errors import EtcdError
 from node.kv.apply import OP_LEASE_REVOKE, KVStateMachine, encode
 from node.pb import rpc_pb2
-from node.server.raftnode import NodeError, RaftNode
+from node.server.raftnode import RaftNode
 
 log = logging.getLogger("quorumlab.lessor")
 
@@ -88,6 +89,6 @@ class Lessor:
         try:
             await self.node.propose(encode(OP_LEASE_REVOKE, rpc_pb2.LeaseRevokeRequest(ID=lease_id)))
             log.info("lease %x expired and was revoked", lease_id)
-        except NodeError as e:
+        except EtcdError as e:
             log.info("revoking expired lease %x failed (%s); will retry", lease_id, e)
             self.revoking.discard(lease_id)

@@ -7,14 +7,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.kv import KVError
+from node.errors import EtcdError, Reason
 from node.kv.apply import OP_ALARM, encode
 from node.pb import rpc_pb2, rpc_pb2_grpc
-from node.server.raftnode import ERR_NO_LEADER
 
-from .context import ERR_NOT_LEADER, VERSION, Ctx, grpc_errors, raise_if_error
+from .context import VERSION, Ctx, grpc_errors
 
-ERR_BAD_TRANSFEREE = "etcdserver: bad leader transferee"
 SNAPSHOT_UNSUPPORTED = (
     "quorumlab: snapshot save is not supported: etcdctl expects a bbolt database file and this node's "
     "store is not bbolt (back up with `orchestrate kv get --prefix ''` instead)"
@@ -42,7 +40,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             isLearner=r is not None and r.is_learner(node.member_id),
         )
         if not node.has_leader():
-            resp.errors.append(ERR_NO_LEADER)
+            resp.errors.append(Reason.NO_LEADER.text)
         for m, a in sm.alarms:  # as etcd: each active alarm, in the protobuf text form of AlarmMember
             resp.errors.append(f"memberID:{m} alarm:{rpc_pb2.AlarmType.Name(a)} ")  # type: ignore[arg-type]
         return resp
@@ -51,7 +49,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.AlarmResponse:
         if request.action == rpc_pb2.AlarmRequest.GET:
             return self.ctx.fill(self.ctx.sm.alarm_list())
-        res = raise_if_error(await self.ctx.node.propose(encode(OP_ALARM, request)))
+        res = await self.ctx.propose(encode(OP_ALARM, request))
         return self.ctx.fill(res)
 
     @grpc_errors
@@ -82,10 +80,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     ) -> rpc_pb2.MoveLeaderResponse:
         node = self.ctx.node
         if node.lead != node.member_id:
-            raise KVError(ERR_NOT_LEADER, "FAILED_PRECONDITION")
+            raise EtcdError(Reason.NOT_LEADER)
         r = node.raft
         if r is None or not r.is_voter(request.targetID) or request.targetID == node.member_id:
-            raise KVError(ERR_BAD_TRANSFEREE, "FAILED_PRECONDITION")
+            raise EtcdError(Reason.BAD_LEADER_TRANSFEREE)
         await node.transfer_leadership(request.targetID)
         return rpc_pb2.MoveLeaderResponse(header=self.ctx.header())
 
@@ -93,4 +91,4 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Downgrade(
         self, request: rpc_pb2.DowngradeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DowngradeResponse:
-        raise KVError("quorumlab: downgrade is not supported", "UNIMPLEMENTED")
+        raise EtcdError(Reason.DOWNGRADE_UNSUPPORTED)

@@ -17,9 +17,9 @@ import contextlib
 import logging
 from typing import Any
 
-from node.kv import KVError
+from node.errors import EtcdError, Reason
 from node.kv.apply import OP_ALARM, KVStateMachine, encode
-from node.kv.quota import ERR_NO_SPACE, cost, effective_quota
+from node.kv.quota import cost, effective_quota
 from node.pb import rpc_pb2
 from node.server.raftnode import RaftNode
 
@@ -50,7 +50,7 @@ class SpaceGuard:
             return
         if why:
             await self.raise_alarm_and_wait()
-        raise KVError(ERR_NO_SPACE, "RESOURCE_EXHAUSTED")
+        raise EtcdError(Reason.NO_SPACE)
 
     def _refusal(self, req: Any) -> bool | None:
         """None: admit req; False: refuse, an alarm is already active; True: refuse and raise ours."""

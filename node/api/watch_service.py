@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.kv import Batch, KVError, WatchHub, WatchStream
+from node.errors import EtcdError
+from node.kv import Batch, WatchHub, WatchStream
 from node.kv.apply import to_pb
 from node.kv.mvcc import DELETE
 from node.kv.watch import OUTBOX_LIMIT
 from node.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
-from node.server.raftnode import NodeError
 
 from .context import Ctx
 
@@ -48,7 +48,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     ) -> AsyncIterator[rpc_pb2.WatchResponse]:
         try:
             self.ctx.check_has_leader(context)
-        except NodeError as e:
+        except EtcdError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         out: asyncio.Queue[Batch] = asyncio.Queue()
 
@@ -88,7 +88,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                             progress_notify=cr.progress_notify,
                             watch_id=cr.watch_id,
                         )
-                    except KVError as e:
+                    except EtcdError as e:
                         out.put_nowait(
                             Batch(-1, self.hub.store.revision, [], created=True, canceled=True, cancel_reason=str(e))
                         )

@@ -1,7 +1,7 @@
 """etcd's key-value semantics: the MVCC store, the replicated state machine, watches."""
 
 from .apply import KVStateMachine
-from .mvcc import KV, Event, KVError, MVCCStore
+from .mvcc import KV, Event, MVCCStore
 from .watch import Batch, WatchHub, WatchStream
 
-__all__ = ["KV", "Batch", "Event", "KVError", "KVStateMachine", "MVCCStore", "WatchHub", "WatchStream"]
+__all__ = ["KV", "Batch", "Event", "KVStateMachine", "MVCCStore", "WatchHub", "WatchStream"]

@@ -19,24 +19,17 @@ from typing import Any
 
 import msgpack
 
+from node.errors import EtcdError, Reason
 from node.pb import kv_pb2, rpc_pb2
 
-from .mvcc import ERR_COMPACTED, KV, KVError, MVCCStore, WriteTxn, in_range
-from .quota import ERR_NO_SPACE, cost_txn
+from .mvcc import KV, MVCCStore, WriteTxn, in_range
+from .quota import cost_txn
 
 MAX_TXN_OPS = 128
 STEP_BUDGET_S = 0.002  # the most a snapshot walk or compaction step holds the event loop
 MAX_LEASE_TTL = 9_000_000_000
 
 OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_LEASE_GRANT, OP_LEASE_REVOKE, OP_ALARM = range(1, 8)
-
-ERR_KEY_NOT_PROVIDED = "etcdserver: key is not provided"
-ERR_TOO_MANY_OPS = "etcdserver: too many operations in txn request"
-ERR_DUPLICATE_KEY = "etcdserver: duplicate key given in txn request"
-ERR_KEY_NOT_FOUND = "etcdserver: key not found"
-ERR_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
-ERR_LEASE_EXISTS = "etcdserver: lease already exists"
-ERR_LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
 
 
 @dataclass
@@ -74,25 +67,25 @@ def sort_key(target: int) -> Callable[[KV], Any]:
 # -- validation before proposing --------------------------------------------------------
 def validate_put(r: rpc_pb2.PutRequest) -> None:
     if not r.key:
-        raise KVError(ERR_KEY_NOT_PROVIDED, "INVALID_ARGUMENT")
+        raise EtcdError(Reason.KEY_NOT_PROVIDED)
 
 
 def validate_range(r: rpc_pb2.RangeRequest) -> None:
     if not r.key:
-        raise KVError(ERR_KEY_NOT_PROVIDED, "INVALID_ARGUMENT")
+        raise EtcdError(Reason.KEY_NOT_PROVIDED)
 
 
 def validate_delete(r: rpc_pb2.DeleteRangeRequest) -> None:
     if not r.key:
-        raise KVError(ERR_KEY_NOT_PROVIDED, "INVALID_ARGUMENT")
+        raise EtcdError(Reason.KEY_NOT_PROVIDED)
 
 
 def validate_txn(t: rpc_pb2.TxnRequest) -> None:
     if max(len(t.compare), len(t.success), len(t.failure)) > MAX_TXN_OPS:
-        raise KVError(ERR_TOO_MANY_OPS, "INVALID_ARGUMENT")
+        raise EtcdError(Reason.TOO_MANY_OPS)
     for c in t.compare:
         if not c.key:
-            raise KVError(ERR_KEY_NOT_PROVIDED, "INVALID_ARGUMENT")
+            raise EtcdError(Reason.KEY_NOT_PROVIDED)
     for ops in (t.success, t.failure):
         for op in ops:
             which = op.WhichOneof("request")
@@ -112,7 +105,7 @@ def _collect_writes(ops: Any, puts: set[bytes], dels: list[tuple[bytes, bytes]])
         which = op.WhichOneof("request")
         if which == "request_put":
             if op.request_put.key in puts:
-                raise KVError(ERR_DUPLICATE_KEY, "INVALID_ARGUMENT")
+                raise EtcdError(Reason.DUPLICATE_KEY)
             puts.add(op.request_put.key)
         elif which == "request_delete_range":
             dels.append((op.request_delete_range.key, op.request_delete_range.range_end))
@@ -136,7 +129,7 @@ def _check_duplicates(ops: Any) -> None:
     for k in puts:
         for start, end in dels:
             if in_range(k, start, end):
-                raise KVError(ERR_DUPLICATE_KEY, "INVALID_ARGUMENT")
+                raise EtcdError(Reason.DUPLICATE_KEY)
 
 
 def encode(op: int, msg: Any) -> bytes:
@@ -180,7 +173,7 @@ class KVStateMachine:
                 return self._lease_revoke(rpc_pb2.LeaseRevokeRequest.FromString(body))
             if op == OP_ALARM:
                 return self._alarm(rpc_pb2.AlarmRequest.FromString(body))
-        except KVError as e:
+        except EtcdError as e:
             return e  # the proposer raises it; other nodes applied nothing
         raise ValueError(f"unknown operation {op}")
 
@@ -190,7 +183,7 @@ class KVStateMachine:
 
     def _check_space(self) -> None:
         if self.nospace():
-            raise KVError(ERR_NO_SPACE, "RESOURCE_EXHAUSTED")
+            raise EtcdError(Reason.NO_SPACE)
 
     # -- snapshots -------------------------------------------------------------------
     @staticmethod
@@ -285,13 +278,13 @@ class KVStateMachine:
         value, lease = r.value, r.lease
         if r.ignore_value or r.ignore_lease:
             if prev is None:
-                raise KVError(ERR_KEY_NOT_FOUND, "INVALID_ARGUMENT")
+                raise EtcdError(Reason.KEY_NOT_FOUND)
             if r.ignore_value:
                 value = prev.value
             if r.ignore_lease:
                 lease = prev.lease
         if lease and lease not in self.leases:
-            raise KVError(ERR_LEASE_NOT_FOUND, "NOT_FOUND")
+            raise EtcdError(Reason.LEASE_NOT_FOUND)
         txn.put(r.key, value, lease)
         if prev is not None and prev.lease and prev.lease != lease and prev.lease in self.leases:
             self.leases[prev.lease].keys.discard(r.key)
@@ -355,7 +348,7 @@ class KVStateMachine:
         saved_leases = {i: set(s.keys) for i, s in self.leases.items()}
         try:
             resp = self._txn_in(txn, t)
-        except KVError:
+        except EtcdError:
             for i, keys in saved_leases.items():
                 self.leases[i].keys = keys
             raise
@@ -416,7 +409,7 @@ class KVStateMachine:
     # -- leases ------------------------------------------------------------------------
     def _lease_grant(self, r: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
         if r.ID in self.leases:
-            raise KVError(ERR_LEASE_EXISTS, "FAILED_PRECONDITION")
+            raise EtcdError(Reason.LEASE_EXISTS)
         ttl = r.TTL  # the proposer already raised it to the minimum (see lease_service)
         self.leases[r.ID] = LeaseState(r.ID, ttl)
         for cb in self.on_lease_granted:
@@ -428,7 +421,7 @@ class KVStateMachine:
     def _lease_revoke(self, r: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
         lease = self.leases.get(r.ID)
         if lease is None:
-            raise KVError(ERR_LEASE_NOT_FOUND, "NOT_FOUND")
+            raise EtcdError(Reason.LEASE_NOT_FOUND)
         txn = self.store.begin()
         for k in sorted(lease.keys):
             txn.delete(k, b"")
@@ -476,7 +469,7 @@ class KVStateMachine:
         """etcd's HashKV idea: a checksum of every key version up to rev (compaction-aware)."""
         rev = rev or self.store.revision
         if 0 < rev < self.store.compact_revision:
-            raise KVError(ERR_COMPACTED, "OUT_OF_RANGE")
+            raise EtcdError(Reason.COMPACTED)
         self.store.check_rev(rev)
         h = 0
         crev = self.store.compact_revision

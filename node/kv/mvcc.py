@@ -23,20 +23,11 @@ from itertools import islice
 import msgpack
 from sortedcontainers import SortedDict
 
-ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
-ERR_FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
+from node.errors import EtcdError, Reason
 
 BASE_SIZE = 4096  # what an empty store "weighs" (bbolt's empty file is a few pages)
 VERSION_OVERHEAD = 48  # per stored version: revisions, version, lease
 WALK_KEYS = 128  # keys visited between clock checks in chunked walks
-
-
-class KVError(Exception):
-    """A request that fails as a whole (nothing applied); code is the gRPC status name."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class StoreReplaced(RuntimeError):
@@ -121,9 +112,9 @@ class MVCCStore:
         if rev <= 0:
             return self.revision
         if rev > self.revision:
-            raise KVError(ERR_FUTURE_REV, "OUT_OF_RANGE")
+            raise EtcdError(Reason.FUTURE_REV)
         if rev < self.compact_revision:
-            raise KVError(ERR_COMPACTED, "OUT_OF_RANGE")
+            raise EtcdError(Reason.COMPACTED)
         return rev
 
     def _iter_keys(self, start: bytes, end: bytes, after: bytes | None = None) -> Iterator[bytes]:
@@ -204,9 +195,9 @@ class MVCCStore:
         """Logical compaction (at apply, deterministic): reads below rev are refused from now on.
         The versions are dropped later by trim_step."""
         if rev <= self.compact_revision:
-            raise KVError(ERR_COMPACTED, "OUT_OF_RANGE")
+            raise EtcdError(Reason.COMPACTED)
         if rev > self.revision:
-            raise KVError(ERR_FUTURE_REV, "OUT_OF_RANGE")
+            raise EtcdError(Reason.FUTURE_REV)
         self.compact_revision = rev
 
     def trim_pending(self) -> bool:

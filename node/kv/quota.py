@@ -15,7 +15,6 @@ from node.pb import rpc_pb2
 DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024  # etcd's default when --quota-backend-bytes is 0
 LEASE_OVERHEAD = 64
 KV_OVERHEAD = 256
-ERR_NO_SPACE = "etcdserver: mvcc: database space exceeded"
 
 
 def effective_quota(flag: int) -> int:

@@ -19,6 +19,7 @@ from .types import (
     ConfChange,
     ConfChangeType,
     ConfState,
+    DropReason,
     Entry,
     EntryType,
     HardState,
@@ -166,7 +167,7 @@ class Raft:
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read; a ReadState with this context appears in a later Ready."""
         if self.role != Role.LEADER and self.lead == NONE:
-            raise ProposalDropped("no leader")
+            raise ProposalDropped(DropReason.NO_LEADER)
         m = Message(MsgType.READ_INDEX, frm=self.id, entries=[Entry(0, 0, EntryType.NORMAL, context)])
         if self.role == Role.LEADER:
             self._leader_read_index(m)
@@ -524,7 +525,7 @@ class Raft:
         if self.role == Role.LEADER:
             self._leader_propose([e])
         elif self.lead == NONE:
-            raise ProposalDropped("no leader")
+            raise ProposalDropped(DropReason.NO_LEADER)
         else:
             self._send(Message(MsgType.PROP, to=self.lead, entries=[e]))
 
@@ -535,13 +536,13 @@ class Raft:
 
     def _leader_propose(self, ents: list[Entry]) -> None:
         if self.id not in self.prs:
-            raise ProposalDropped("leader was removed from the cluster")
+            raise ProposalDropped(DropReason.LEADER_REMOVED)
         if self.lead_transferee != NONE:
-            raise ProposalDropped("leadership transfer in progress")
+            raise ProposalDropped(DropReason.LEADERSHIP_TRANSFER)
         for e in ents:
             if e.type == EntryType.CONF_CHANGE:
                 if self.pending_conf_index > self.log.applied:
-                    raise ProposalDropped("a configuration change is already in progress")
+                    raise ProposalDropped(DropReason.CONF_CHANGE_PENDING)
                 self.pending_conf_index = self.log.last_index() + 1 + ents.index(e)
         self._append_entries(ents)
         self._bcast_append()

@@ -159,5 +159,18 @@ class Ready:
         )
 
 
+class DropReason(enum.Enum):
+    """Why the core dropped a proposal or read; the value is the exception's message."""
+
+    NO_LEADER = "no leader"
+    LEADER_REMOVED = "leader was removed from the cluster"
+    LEADERSHIP_TRANSFER = "leadership transfer in progress"
+    CONF_CHANGE_PENDING = "a configuration change is already in progress"
+
+
 class ProposalDropped(Exception):
-    """The proposal was not accepted; the reason says why (no leader, transfer, ...)."""
+    """The proposal was not accepted; `reason` says why, for the driver to map without reading text."""
+
+    def __init__(self, reason: DropReason) -> None:
+        self.reason = reason
+        super().__init__(reason.value)

@@ -1,4 +1,4 @@
-"""The driver's seams: its config, the state machine and storage it drives, and its error type.
+"""The driver's seams: its config, the state machine and storage it drives, and its startup error.
 
 Kept apart from raftnode.py so the driver's helpers (snapshotter, membership) can name them
 without importing the driver itself.
@@ -16,19 +16,11 @@ from node.storage import Meta
 from .members import normalize_url
 
 
-class NodeError(Exception):
-    """A request failed; message is etcd's text, code the gRPC status name."""
-
-    def __init__(self, message: str, code: str = "UNAVAILABLE") -> None:
-        super().__init__(message)
-        self.code = code
+class ConfigError(Exception):
+    """The member cannot start with this configuration or data dir (not a request error: see node.errors)."""
 
 
-ERR_NO_LEADER = "etcdserver: no leader"
-ERR_TIMEOUT = "etcdserver: request timed out"
-ERR_STOPPED = "etcdserver: server stopped"
-ERR_TOO_MANY = "etcdserver: too many requests"
-ERR_LEADER_CHANGED = "etcdserver: leader changed"
+# the name node/__main__.py still catches; the gRPC-facing errors are node.errors.EtcdError now
 
 
 class StateMachine(Protocol):

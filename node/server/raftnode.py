@@ -19,7 +19,9 @@ hooks (the NOSPACE alarm) and retries once; any other exception escaping the
 Ready loop is a bug or a broken disk, and like etcd's panic it ends the
 process with the traceback in the log (see `_fatal`). That includes an exception
 from the Raft core itself: only ProposalDropped, which node/raft documents as an
-expected refusal, is caught around `Raft.step` and the posted calls.
+expected refusal, is caught around `Raft.step` and the posted calls. And one from
+the state machine's `apply`: it turns expected refusals into results (node.errors),
+so anything it raises is a bug that would let this member's state drift.
 
 The driver's helpers follow etcd's server: the member registry is `Membership`
 (membership.py), requests waiting for their entry or read are `Wait`/`WaitApplied`
@@ -43,6 +45,7 @@ from typing import Any
 
 import msgpack
 
+from node.errors import EtcdError, Reason
 from node.faults import FaultTable
 from node.raft import (
     NONE,
@@ -60,19 +63,10 @@ from node.raft import (
     Snapshot,
     Status,
 )
+from node.raft.types import DropReason
 from node.storage import DiskFull, DiskStorage, Meta, StorageError
 
-from .interfaces import (
-    ERR_LEADER_CHANGED,
-    ERR_NO_LEADER,
-    ERR_STOPPED,
-    ERR_TIMEOUT,
-    ERR_TOO_MANY,
-    NodeConfig,
-    NodeError,
-    NodeStorage,
-    StateMachine,
-)
+from .interfaces import ConfigError, NodeConfig, NodeStorage, StateMachine
 from .loopmon import LoopMonitor
 from .members import Member, cluster_id, member_id, normalize_url
 from .membership import (
@@ -100,6 +94,13 @@ MAX_APPLY_LAG = 5000  # etcd: "too many requests" beyond this commit-apply gap
 # before it lets heartbeats, peer messages and replies through (a backlog of big txns
 # would otherwise hold it for as long as the whole backlog takes).
 APPLY_BUDGET_S = 0.01
+# what a proposer is told when the core drops its proposal (etcd's texts)
+_DROPPED = {
+    DropReason.NO_LEADER: Reason.NO_LEADER,
+    DropReason.LEADER_REMOVED: Reason.LEADER_REMOVED,
+    DropReason.LEADERSHIP_TRANSFER: Reason.LEADERSHIP_TRANSFER,
+    DropReason.CONF_CHANGE_PENDING: Reason.CONF_CHANGE_PENDING,
+}
 EXIT_FATAL = 70  # EX_SOFTWARE: the Ready loop hit a bug or an unrecoverable storage error
 
 
@@ -185,7 +186,7 @@ class RaftNode:
             assert rec.meta is not None
             meta = rec.meta
             if meta.name != cfg.name:
-                raise NodeError(f"data dir {cfg.data_dir} belongs to member {meta.name!r}, not {cfg.name!r}", "CONFIG")
+                raise ConfigError(f"data dir {cfg.data_dir} belongs to member {meta.name!r}, not {cfg.name!r}")
         self.member_id, self.cluster_id = meta.member_id, meta.cluster_id
         rcfg = Config(
             self.member_id,
@@ -254,12 +255,11 @@ class RaftNode:
     async def _new_identity(self) -> Meta:
         cfg = self.cfg
         if cfg.name not in cfg.initial_cluster:
-            raise NodeError(f"--initial-cluster does not list this member's name {cfg.name!r}", "CONFIG")
+            raise ConfigError(f"--initial-cluster does not list this member's name {cfg.name!r}")
         if normalize_url(cfg.initial_cluster[cfg.name]) != cfg.peer_url():
-            raise NodeError(
+            raise ConfigError(
                 f"--initial-cluster gives {cfg.name} peer URL {cfg.initial_cluster[cfg.name]}, "
-                f"but this member advertises {cfg.peer_url()}",
-                "CONFIG",
+                f"but this member advertises {cfg.peer_url()}"
             )
         mid = member_id(cfg.peer_url(), cfg.initial_cluster_token)
         if cfg.initial_cluster_state == "new":
@@ -268,7 +268,7 @@ class RaftNode:
         if cfg.initial_cluster_state == "existing":
             cid = await self._discover_cluster_id()
             return Meta(cfg.name, mid, cid)
-        raise NodeError(f"--initial-cluster-state must be new or existing, not {cfg.initial_cluster_state!r}", "CONFIG")
+        raise ConfigError(f"--initial-cluster-state must be new or existing, not {cfg.initial_cluster_state!r}")
 
     async def _discover_cluster_id(self) -> int:
         """Ask the existing members (over their peer port) which cluster we are joining."""
@@ -286,14 +286,13 @@ class RaftNode:
                     continue
                 mid = member_id(self.cfg.peer_url(), self.cfg.initial_cluster_token)
                 if mid not in members:
-                    raise NodeError(
+                    raise ConfigError(
                         f"the cluster at {u} has no member with peer URL {self.cfg.peer_url()}; add it first "
-                        "(etcdctl member add / orchestrate add)",
-                        "CONFIG",
+                        "(etcdctl member add / orchestrate add)"
                     )
                 return cid
             await asyncio.sleep(0.3)
-        raise NodeError(f"could not reach any existing member to join ({last})", "CONFIG")
+        raise ConfigError(f"could not reach any existing member to join ({last})")
 
     async def stop(self, transfer: bool = True) -> None:
         """Graceful stop: hand leadership to the most caught-up voter first."""
@@ -316,7 +315,7 @@ class RaftNode:
             await self.transport.close()
         if self.storage is not None:
             self.storage.close()
-        self._fail_all(ERR_STOPPED)
+        self._fail_all(Reason.STOPPED)
         self.stopped.set()
 
     async def _transfer_before_stop(self) -> None:
@@ -415,7 +414,7 @@ class RaftNode:
         )
         self._stopping = True
         self._wake.set()
-        self._fail_all(ERR_STOPPED)
+        self._fail_all(Reason.STOPPED)
         self.on_fatal(exc)
 
     async def _handle_ready(self, rd: Ready) -> None:
@@ -555,7 +554,7 @@ class RaftNode:
             for cb in self.on_leader_change:
                 cb(old, lead)
             if lead == NONE:
-                self._reads.fail_all(lambda: NodeError(ERR_LEADER_CHANGED))
+                self._reads.fail_all(lambda: EtcdError(Reason.LEADER_CHANGED))
         self.term = self.raft.term
         if lead != NONE and not self.published:
             self._post(self._publish)
@@ -591,23 +590,20 @@ class RaftNode:
             log.error("entry %d is not a valid envelope: %s", e.index, ex)
             return
         result: Any = None
-        err: BaseException | None = None
         try:
             if kind == K_APP:
-                result = self.sm.apply(e.index, payload)
+                result = self.sm.apply(e.index, payload)  # a refusal comes back as the result
             elif kind == K_ATTRS:
                 if self.membership.set_attributes(payload) == self.member_id:
                     self.published = True
             elif kind == K_PEER_URLS and self.membership.set_peer_urls(payload):
                 self._sync_peers()
         except Exception as ex:
-            log.exception("applying entry %d failed", e.index)
-            err = ex
-        if origin != self.member_id:
-            return
-        if err is not None:
-            self._pending.fail(req, err)
-        else:
+            # a bug: this member's state may now differ from the others'. It escapes to _run,
+            # which ends the process (exit 70); the proposer is told "server stopped".
+            ex.add_note(f"while applying entry {e.index}")
+            raise
+        if origin == self.member_id:
             self._pending.trigger(req, result)
 
     def _apply_member_change(self, cc: ConfChange) -> Member | None:
@@ -645,20 +641,20 @@ class RaftNode:
         try:
             await asyncio.wait_for(self._applied_waits.register(index), timeout)
         except TimeoutError:
-            raise NodeError(ERR_TIMEOUT) from None
+            raise EtcdError(Reason.TIMEOUT) from None
 
-    def _fail_all(self, why: str) -> None:
-        self._pending.fail_all(lambda: NodeError(why))
-        self._reads.fail_all(lambda: NodeError(why))
+    def _fail_all(self, why: Reason) -> None:
+        self._pending.fail_all(lambda: EtcdError(why))
+        self._reads.fail_all(lambda: EtcdError(why))
 
     # ------------------------------------------------------------------
     # client-facing operations
     # ------------------------------------------------------------------
     def _check_serving(self) -> None:
         if self._stopping or self.removed:
-            raise NodeError(ERR_STOPPED)
+            raise EtcdError(Reason.STOPPED)
         if self.committed - self.applied > MAX_APPLY_LAG:
-            raise NodeError(ERR_TOO_MANY, "RESOURCE_EXHAUSTED")
+            raise EtcdError(Reason.TOO_MANY_REQUESTS)
 
     def has_leader(self) -> bool:
         return self.lead != NONE
@@ -667,7 +663,7 @@ class RaftNode:
         """Replicate an application command; returns sm.apply's result once applied here."""
         self._check_serving()
         if self.lead == NONE:
-            raise NodeError(ERR_NO_LEADER)
+            raise EtcdError(Reason.NO_LEADER)
         req = next(self._seq)
         data = msgpack.packb([self.member_id, req, K_APP, payload])
         return await self._submit(req, lambda: self._raft().propose(data), timeout)
@@ -675,7 +671,7 @@ class RaftNode:
     async def propose_peer_urls(self, mid: int, urls: list[str], timeout: float | None = None) -> None:
         self._check_serving()
         if self.lead == NONE:
-            raise NodeError(ERR_NO_LEADER)
+            raise EtcdError(Reason.NO_LEADER)
         req = next(self._seq)
         data = msgpack.packb([self.member_id, req, K_PEER_URLS, peer_urls_payload(mid, urls)])
         await self._submit(req, lambda: self._raft().propose(data), timeout)
@@ -683,7 +679,7 @@ class RaftNode:
     async def propose_conf_change(self, cc: ConfChange, member: Member, timeout: float | None = None) -> Any:
         self._check_serving()
         if self.lead == NONE:
-            raise NodeError(ERR_NO_LEADER)
+            raise EtcdError(Reason.NO_LEADER)
         req = next(self._seq)
         cc.context = conf_change_context(self.member_id, req, member)
         return await self._submit(req, lambda: self._raft().propose_conf_change(cc), timeout)
@@ -695,20 +691,20 @@ class RaftNode:
             try:
                 action()
             except ProposalDropped as e:
-                self._pending.fail(req, NodeError(ERR_NO_LEADER if "no leader" in str(e) else f"etcdserver: {e}"))
+                self._pending.fail(req, EtcdError(_DROPPED[e.reason]))
 
         self._post(run)
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout or self.cfg.request_timeout)
         except TimeoutError:
             self._pending.forget(req)
-            raise NodeError(ERR_TIMEOUT) from None
+            raise EtcdError(Reason.TIMEOUT) from None
 
     async def read_barrier(self, timeout: float | None = None) -> int:
         """ReadIndex: returns once this node has applied everything committed before the call."""
         self._check_serving()
         if self.lead == NONE:
-            raise NodeError(ERR_NO_LEADER)
+            raise EtcdError(Reason.NO_LEADER)
         t = timeout or self.cfg.request_timeout
         deadline = time.monotonic() + t
         ctx = os.urandom(8)
@@ -718,27 +714,27 @@ class RaftNode:
             try:
                 self._raft().read_index(ctx)
             except ProposalDropped:
-                self._reads.fail(ctx, NodeError(ERR_NO_LEADER))
+                self._reads.fail(ctx, EtcdError(Reason.NO_LEADER))
 
         self._post(run)
         try:
             index = await asyncio.wait_for(fut, t)
         except TimeoutError:
             self._reads.forget(ctx)
-            raise NodeError(ERR_TIMEOUT) from None
+            raise EtcdError(Reason.TIMEOUT) from None
         await self.wait_applied(index, max(0.001, deadline - time.monotonic()))
         return index
 
     async def transfer_leadership(self, target: int, timeout: float | None = None) -> None:
         if self.lead == NONE:
-            raise NodeError(ERR_NO_LEADER)
+            raise EtcdError(Reason.NO_LEADER)
         self._post(lambda: self._raft().transfer_leader(target))
         deadline = time.monotonic() + (timeout or self.cfg.request_timeout)
         while time.monotonic() < deadline:
             if self.lead == target:
                 return
             await asyncio.sleep(self.cfg.heartbeat_ms / 1000 / 2)
-        raise NodeError(ERR_TIMEOUT)
+        raise EtcdError(Reason.TIMEOUT)
 
     def campaign(self) -> None:
         self._post(lambda: self._raft().campaign())
