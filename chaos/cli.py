@@ -30,7 +30,7 @@ async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:
         c = ctx.cluster() if ctx.cluster().dir.exists() else None
         if c is not None:
             ch = Chaos.for_cluster(c)
-            if c.st.engine == "builtin" or c.st.network == "netns":
+            if c.engine.fault_rules or c.st.network == "netns":
                 try:
                     await ch.heal()
                 except (NetError, FaultError) as e:

@@ -8,16 +8,18 @@ can overlap and each undo removes exactly its own rules.
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator import targets
 from orchestrator.cluster import Cluster, ClusterView, OrchestrateError
+from orchestrator.state import ChaosState
+from orchestrator.targets import ROLE_TARGETS
 
 from .net import Backend, NetRule, backend_for
 
-ROLE_TARGETS = ("leader", "follower", "followers", "random", "minority", "majority", "all")
+__all__ = ["ROLE_TARGETS", "Chaos", "Event", "FaultError"]
 
 
 class FaultError(Exception):
@@ -48,18 +50,16 @@ class Chaos:
     def for_cluster(cls, cluster: Cluster) -> Chaos:
         """The chaos state saved with the cluster, so CLI calls and the dashboard share it."""
         ch = cls(cluster)
-        saved = cluster.st.extra.get("chaos", {})
-        ch.rules = {fid: [NetRule(**r) for r in rules] for fid, rules in saved.get("rules", {}).items()}
-        ch.groups = saved.get("groups", [])
-        ch._ids = saved.get("next_id", 0)
+        saved = cluster.st.chaos
+        ch.rules = {fid: list(rules) for fid, rules in saved.rules.items()}
+        ch.groups = [list(g) for g in saved.groups]
+        ch._ids = saved.next_id
         return ch
 
     def save(self) -> None:
-        self.c.st.extra["chaos"] = {
-            "rules": {fid: [asdict(r) for r in rules] for fid, rules in self.rules.items()},
-            "groups": self.groups,
-            "next_id": self._ids,
-        }
+        self.c.st.chaos = ChaosState(
+            {fid: list(rules) for fid, rules in self.rules.items()}, [list(g) for g in self.groups], self._ids
+        )
         self.c.save()
 
     @property
@@ -78,40 +78,15 @@ class Chaos:
 
     # -- targets -------------------------------------------------------------------------------
     async def resolve(self, target: str | list[str], view: ClusterView | None = None) -> list[str]:
-        if isinstance(target, list):
-            for t in target:
-                self.c.record(t)
-            return list(target)
-        names = self.c.st.live_names()
-        if target in names:
-            return [target]
-        if target not in ROLE_TARGETS:
-            raise FaultError(
-                f"unknown node {target!r}; this cluster has {', '.join(names)} (or say {', '.join(ROLE_TARGETS)})"
-            )
-        view = view or await self.c.view(usage=False)
-        running = [v.name for v in view.nodes if v.state == "running"]
-        leader = view.leader
-        followers = [n for n in running if n != leader]
-        if target == "leader":
-            if not leader:
-                raise FaultError("there is no leader right now")
-            return [leader]
-        if target == "follower":
-            if not followers:
-                raise FaultError("no running follower")
-            return [random.choice(followers)]
-        if target == "followers":
-            return followers
-        if target == "random":
-            if not running:
-                raise FaultError("no running node")
-            return [random.choice(running)]
-        if target == "all":
-            return names
-        k = view.n // 2 if target == "minority" else view.quorum
-        pool = sorted(names, key=lambda n: (n == leader, n))  # a minority avoids the leader when it can
-        return pool[:k] if target == "minority" else sorted(names, key=lambda n: (n != leader, n))[:k]
+        """Names, or a role (orchestrator/targets.py) resolved against `view` or a fresh one."""
+
+        async def current() -> ClusterView:
+            return view or await self.c.view(usage=False)
+
+        try:
+            return await targets.resolve(target, self.c.st.live_names(), current)
+        except targets.TargetError as e:
+            raise FaultError(str(e)) from None
 
     # -- process faults ----------------------------------------------------------------------------
     async def process(self, verb: str, target: str | list[str]) -> list[str]:

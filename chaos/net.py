@@ -18,25 +18,23 @@ so applying and undoing faults is idempotent and a crash leaves nothing that
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Protocol
 
 from node.client import ClientError
 from orchestrator.cluster import Cluster
 from orchestrator.netns import NetError, list_ns, netns_available, run
+from orchestrator.state import NetRule  # saved with the cluster's state; kept importable from here
 
-
-@dataclass(frozen=True)
-class NetRule:
-    src: str
-    dst: str
-    action: str  # drop | loss | delay
-    probability: float = 1.0
-    delay_ms: float = 0.0
-
-    def to_admin(self) -> dict[str, object]:
-        return {"src": self.src, "dst": self.dst, "action": self.action, "probability": self.probability,
-                "delay_ms": self.delay_ms, "jitter_ms": 0.0}  # fmt: skip
+__all__ = [
+    "Backend",
+    "LocalBackend",
+    "NetRule",
+    "NetnsBackend",
+    "backend_for",
+    "cleanup_all",
+    "netdevs",
+    "remove_netdevs",
+]
 
 
 class Backend(Protocol):
@@ -53,7 +51,7 @@ class LocalBackend:
 
     def __init__(self, cluster: Cluster) -> None:
         self.c = cluster
-        if cluster.st.engine != "builtin":
+        if not cluster.engine.fault_rules:
             raise NetError(
                 "the local network backend needs quorumlab's own nodes (engine builtin); for real etcd use "
                 "--net netns (root): partitions become iptables rules in network namespaces"
@@ -128,7 +126,7 @@ class NetnsBackend:
         await asyncio.to_thread(self._apply_sync, [r for r in rules if r.action != "delay"])
         # iptables cannot delay; tc netem could but is missing on some kernels. Our own nodes
         # can add latency in their transport, so latency falls back to the local backend there.
-        if delays and self.c.st.engine != "builtin":
+        if delays and not self.c.engine.fault_rules:
             raise NetError(
                 "added latency needs tc netem inside the namespaces (missing on this kernel) or quorumlab's "
                 "own nodes (engine builtin), which delay messages in their transport"

@@ -9,20 +9,22 @@ import random
 import shutil
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from node.client import Client, ClientError
+from node.client import Client, ClientError, Reason
 
-from . import engines
+from . import targets
 from .config import ClusterConfig
+from .engines import Engine, engine_for
 from .launcher import LocalLauncher
 from .netns import Netns, netns_identity
-from .quorum import explain, fault_tolerance, quorum
-from .state import ClusterState, NodeRecord, StateDir
+from .state import ClusterState, NetnsPlacement, NodeRecord, StateDir
+from .views import ClusterView, NodeView
+
+__all__ = ["Cluster", "ClusterView", "NodeStartError", "NodeView", "OrchestrateError", "port_free"]
 
 
 def _data_dir_owner(d: Path) -> tuple[str, str] | None:
@@ -34,110 +36,12 @@ def _data_dir_owner(d: Path) -> tuple[str, str] | None:
         return None
 
 
-ROLES = ("leader", "follower", "random")
-
-
 class OrchestrateError(Exception):
     """A user-facing failure; the message says what to do."""
 
 
 class NodeStartError(OrchestrateError):
     """A node that was started did not come to serve: exit status 1, with the end of its log."""
-
-
-@dataclass
-class NodeView:
-    name: str
-    state: str  # running | stopped | paused | unreachable | removed
-    role: str = ""
-    term: int = 0
-    leader: str = ""
-    commit: int = 0
-    applied: int = 0
-    pid: int = 0
-    client_url: str = ""
-    member_id: str = ""
-    cpu: float = 0.0
-    rss: int = 0
-    learner: bool = False
-    error: str = ""
-    cluster_id: str = ""
-    problem: str = ""  # disagrees with the state file: another cluster, or another membership
-    loop_stall_max_ms: float | None = None  # None: the engine does not report it (real etcd)
-    loop_stall_p99_ms: float | None = None
-    alarms: list[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d.pop("extra")
-        for k in ("loop_stall_max_ms", "loop_stall_p99_ms", "alarms"):
-            if d[k] is None:
-                del d[k]  # gracefully absent when the engine does not report it
-        d.update(self.extra)
-        return d
-
-
-@dataclass
-class ClusterView:
-    name: str
-    engine: str
-    nodes: list[NodeView]
-    voters: list[str]  # the configured voters (state file): the quorum arithmetic uses these
-    leader: str
-    term: int
-    leader_voters: list[str] = field(default_factory=list)  # the voters the leader reports
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return len(self.voters)
-
-    @property
-    def quorum(self) -> int:
-        return quorum(self.n)
-
-    @property
-    def fault_tolerance(self) -> int:
-        return fault_tolerance(self.n)
-
-    @property
-    def live_voters(self) -> list[str]:
-        return [
-            v.name
-            for v in self.nodes
-            if v.name in self.voters and v.state == "running" and v.role and not v.problem.startswith("cluster")
-        ]
-
-    @property
-    def has_quorum(self) -> bool:
-        """A leader exists and a quorum of voters are up and agree on it."""
-        if not self.leader:
-            return False
-        agree = [v for v in self.nodes if v.name in self.voters and v.leader == self.leader and v.state == "running"]
-        return len(agree) >= self.quorum
-
-    def can_lose(self) -> int:
-        return max(0, len(self.live_voters) - self.quorum) if self.has_quorum else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "engine": self.engine,
-            "leader": self.leader,
-            "term": self.term,
-            "voters": self.voters,
-            "leader_voters": self.leader_voters,
-            "warnings": self.warnings,
-            "n": self.n,
-            "quorum": self.quorum,
-            "fault_tolerance": self.fault_tolerance,
-            "live_voters": self.live_voters,
-            "has_quorum": self.has_quorum,
-            "can_lose": self.can_lose(),
-            "notes": explain(self.n)[1:],
-            "nodes": [v.to_dict() for v in self.nodes],
-        }
 
 
 def port_free(address: str, port: int) -> bool:
@@ -183,8 +87,13 @@ class Cluster:
         rec = self.st.nodes.get(name)
         if rec is None or rec.desired == "removed":
             known = ", ".join(self.st.live_names())
-            raise OrchestrateError(f"unknown node {name!r}; this cluster has {known} (or say leader/follower/random)")
+            roles = "/".join(targets.NODE_TARGETS)
+            raise OrchestrateError(f"unknown node {name!r}; this cluster has {known} (or say {roles})")
         return rec
+
+    @property
+    def engine(self) -> Engine:
+        return engine_for(self.st.engine)
 
     def client(self, names: list[str] | None = None, timeout: float = 3.0) -> Client:
         names = names or self.st.live_names()
@@ -232,7 +141,7 @@ class Cluster:
             st.nodes[name] = NodeRecord(name, cfg.client_port_of(name), cfg.peer_port_of(name), host.name, host.address)
         if cfg.network == "netns":
             tag, subnet = netns_identity(self.dir.path)
-            st.extra["netns"] = {"tag": tag, "subnet": subnet}
+            st.netns = NetnsPlacement(tag, subnet)
             for i, name in enumerate(cfg.nodes):
                 self._place_in_netns(st, name, i)
         self._st = st
@@ -265,12 +174,15 @@ class Cluster:
 
     def netns(self) -> Netns | None:
         """This cluster's namespace layout; None unless it runs with --net netns."""
-        info = self.st.extra.get("netns")
-        return Netns(info["tag"], info["subnet"]) if info else None
+        return self._netns(self.st)
+
+    @staticmethod
+    def _netns(st: ClusterState) -> Netns | None:
+        return Netns(st.netns.tag, st.netns.subnet) if st.netns else None
 
     def _place_in_netns(self, st: ClusterState, name: str, index: int) -> None:
-        info = st.extra["netns"]
-        nn = Netns(info["tag"], info["subnet"])
+        nn = self._netns(st)
+        assert nn is not None, "placed in a namespace only with --net netns"
         rec = st.nodes[name]
         rec.address, rec.netns = nn.address(index), nn.ns(index)
 
@@ -293,7 +205,7 @@ class Cluster:
         st = self.st
         rec = st.nodes[name]
         data = self.dir.data_dir(name)  # on a restart both engines ignore cluster_state: the data decides
-        cmd = engines.command(st, rec, data, cluster_state, members or st.live_names())
+        cmd = self.engine.command(st, rec, data, cluster_state, members or st.live_names(), sys.executable)
         # the node runs in its own data dir with absolute paths: never in the repo or the user's cwd
         try:
             rec.pid, rec.create_time = self.launcher.start(cmd, self.dir.log_file(name), data, rec.netns)
@@ -488,7 +400,7 @@ class Cluster:
         if nn is not None:
             self.removed += [f"network namespace or bridge {x} (and its rules)" for x in nn.destroy()]
         if purge:
-            self._purge(set(self.st.nodes), made_root=bool(self.st.extra.get("made_root")))
+            self._purge(set(self.st.nodes), made_root=self.st.made_root)
             self._st = None
         else:
             self.save()
@@ -521,20 +433,18 @@ class Cluster:
         leader_views = [v for v in views if v.role == "leader"]
         leader = max(leader_views, key=lambda v: v.term).name if leader_views else ""
         term = max((v.term for v in views), default=0)
-        if st.engine != "builtin" and any(v.role for v in views):
-            await self._etcd_membership(views, timeout)
-        src = next((v for v in views if v.name == leader), None) or next(
-            (v for v in views if v.extra.get("voters")), None
-        )
-        reported: list[str] = list(src.extra.get("voters") or []) if src is not None else []
+        if not self.engine.reports_membership and any(v.role for v in views):
+            await self._member_list(views, timeout)
+        src = next((v for v in views if v.name == leader), None) or next((v for v in views if v.voters), None)
+        reported: list[str] = list(src.voters or []) if src is not None else []
         for v in views:
-            v.learner = v.learner or bool(src and v.name in (src.extra.get("learners") or []))
+            v.learner = v.learner or bool(src and v.name in (src.learners or []))
         voters = st.voter_names()
         warnings = self._disagreements(views, voters, leader, reported)
         return ClusterView(st.name, st.engine, views, voters, leader, term, reported, warnings)
 
-    async def _etcd_membership(self, views: list[NodeView], timeout: float) -> None:
-        """Real etcd reports no voter list in its status: ask for the member list once."""
+    async def _member_list(self, views: list[NodeView], timeout: float) -> None:
+        """An engine whose status has no voter list (real etcd): ask for the member list once."""
         try:
             async with self.client([v.name for v in views if v.role], timeout=timeout) as c:
                 ml = await c.members()
@@ -545,7 +455,7 @@ class Cluster:
         learners = [m.name or by_id.get(f"{m.ID:x}", f"{m.ID:x}") for m in ml.members if m.isLearner]
         for v in views:
             if v.role:
-                v.extra["voters"], v.extra["learners"] = voters, learners
+                v.voters, v.learners = voters, learners
 
     def _disagreements(self, views: list[NodeView], voters: list[str], leader: str, reported: list[str]) -> list[str]:
         """What the nodes say that the state file does not: another cluster id, another membership."""
@@ -560,9 +470,8 @@ class Cluster:
                     f"{st.cluster_id}: its data dir {self.dir.data_dir(v.name)} belongs to another cluster"
                 )
                 continue
-            members = v.extra.get("voters")
-            if members and st.engine == "builtin":
-                seen = set(members) | set(v.extra.get("learners") or [])
+            if v.voters and self.engine.reports_membership:
+                seen = set(v.voters) | set(v.learners or [])
                 if seen != configured:
                     v.problem = "members " + ",".join(sorted(seen))
                     warnings.append(
@@ -584,38 +493,7 @@ class Cluster:
         if state != "running":
             return v
         try:
-            if self.st.engine == "builtin":
-                s = await c.admin_status(rec.endpoint, timeout=0.8)
-                v.role, v.term, v.leader = s["role"], s["term"], s["leader"]
-                v.commit, v.applied, v.member_id = s["commit"], s["applied"], s["id"]
-                v.cluster_id = s.get("cluster_id", "")
-                v.learner = name in s.get("learners", [])
-                v.loop_stall_max_ms = s.get("loop_stall_max_ms")
-                v.loop_stall_p99_ms = s.get("loop_stall_p99_ms")
-                alarms = s.get("alarms")
-                v.alarms = [str(a) for a in alarms] if isinstance(alarms, list) else None
-                v.extra = {
-                    "voters": s.get("voters", []),
-                    "learners": s.get("learners", []),
-                    "last_index": s.get("last_index", 0),
-                    "revision": s.get("revision", 0),
-                    "peers": s.get("peers", {}),
-                    "fault_rules": s.get("fault_rules") or [],
-                }
-            else:
-                s2 = await c.status(rec.endpoint)
-                mid = f"{s2.header.member_id:x}"
-                v.member_id = mid
-                v.cluster_id = f"{s2.header.cluster_id:x}"
-                # etcd lists active alarms in Status.errors ("memberID:… alarm:NOSPACE")
-                v.alarms = sorted({e.rsplit("alarm:", 1)[-1] for e in s2.errors if "alarm:" in e})
-                v.term, v.commit, v.applied = s2.raftTerm, s2.raftIndex, s2.raftAppliedIndex
-                v.role = "leader" if s2.leader == s2.header.member_id else ("follower" if s2.leader else "no-leader")
-                v.leader = ids.get(f"{s2.leader:x}", f"{s2.leader:x}") if s2.leader else ""
-                v.learner = s2.isLearner
-                v.extra = {"revision": s2.header.revision}
-                if rec.member_id != mid:
-                    rec.member_id = mid
+            await self.engine.status(c, rec, v, ids)
         except ClientError as e:
             v.state = "unreachable"
             v.error = str(e)
@@ -623,20 +501,15 @@ class Cluster:
 
     # -- node verbs --------------------------------------------------------------------------------
     async def resolve(self, target: str) -> str:
-        if target in ROLES:
-            view = await self.view(usage=False)
-            if target == "leader":
-                if not view.leader:
-                    raise OrchestrateError("there is no leader right now")
-                return view.leader
-            pool = [v.name for v in view.nodes if v.state == "running" and v.role]
-            if target == "follower":
-                pool = [n for n in pool if n != view.leader]
-            if not pool:
-                raise OrchestrateError(f"no running {target} node to pick")
-            return random.choice(pool)
-        self.record(target)
-        return target
+        """A node's name, or the one node a role (leader, follower, random) means right now."""
+        names = self.st.live_names()
+        if target not in names and target not in targets.NODE_TARGETS:
+            self.record(target)  # raises: unknown node
+        try:
+            (name,) = await targets.resolve(target, names, lambda: self.view(usage=False), targets.NODE_TARGETS)
+        except targets.TargetError as e:
+            raise OrchestrateError(str(e)) from None
+        return name
 
     def start_node(self, name: str) -> None:
         rec = self.record(name)
@@ -667,10 +540,7 @@ class Cluster:
                     how = f" with status {code}" if code is not None else ""
                     raise NodeStartError(self._start_failure(name, f"{name} exited{how} instead of serving"))
                 try:
-                    if self.st.engine == "builtin":
-                        await c.admin_status(rec.endpoint, timeout=1.0)
-                    else:
-                        await c.status(rec.endpoint)
+                    await self.engine.ping(c, rec)
                     return time.monotonic() - t0
                 except ClientError:
                     pass
@@ -816,7 +686,7 @@ class Cluster:
                 return
             except ClientError as e:
                 last = str(e)
-                if "in sync" not in last and "not leader" not in last and "no leader" not in last:
+                if e.reason not in (Reason.LEARNER_NOT_READY, Reason.NOT_LEADER, Reason.NO_LEADER):
                     raise OrchestrateError(f"promoting {name} failed: {e}") from None
             await asyncio.sleep(0.3)
         raise OrchestrateError(f"{name} did not catch up to be promoted within {timeout:.0f}s ({last})")

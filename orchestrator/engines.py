@@ -1,8 +1,9 @@
-"""Command lines for the two engines, generated from the same cluster state.
+"""The two engines behind one `Engine` protocol: a node's command line and how to read its status.
 
-`builtin` runs our node (`python -m node`); `etcd` runs a real etcd binary from
-PATH with the equivalent flags, so every verb, chaos fault and the dashboard
-work on either.
+`builtin` runs our node (`python -m node`) and reads its Admin status; `etcd` runs a real etcd
+binary from PATH with the equivalent flags and reads etcd's Maintenance.Status, so every verb,
+chaos fault and the dashboard work on either. `Cluster` asks `engine_for(st.engine)` and never
+branches on the engine's name.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import Protocol
+
+from node.client import Client
 
 from .state import ClusterState, NodeRecord
+from .views import NodeView
 
 
 class EngineError(Exception):
@@ -22,6 +27,157 @@ def initial_cluster(st: ClusterState, names: list[str]) -> str:
     return ",".join(f"{n}={st.nodes[n].peer_url}" for n in names)
 
 
+class Engine(Protocol):
+    name: str
+    # The node's status lists the voters it sees: each node's membership can be checked against the
+    # state file. Otherwise (etcd) the cluster asks for the member list once.
+    reports_membership: bool
+    # The node keeps fault rule tables of its own (node/faults.py, set over the Admin API): chaos's
+    # local backend and its latency need them.
+    fault_rules: bool
+
+    def command(
+        self, st: ClusterState, rec: NodeRecord, data_dir: Path, cluster_state: str, members: list[str], python: str
+    ) -> list[str]:
+        """The node's command line (an absolute data dir; members: the --initial-cluster)."""
+        ...
+
+    async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:
+        """Fill v from the node's status (ids: member id -> name); raises ClientError when it does not answer."""
+        ...
+
+    async def ping(self, c: Client, rec: NodeRecord) -> None:
+        """Returns once the node answers on its client port; raises ClientError otherwise."""
+        ...
+
+
+def _flags(*pairs: tuple[str, str]) -> list[str]:
+    """Flag/value pairs flattened into argv: one pair a line, so the lines read like the command."""
+    return [x for pair in pairs for x in pair]
+
+
+def _identity(rec: NodeRecord, data_dir: Path) -> list[str]:
+    if not data_dir.is_absolute():
+        raise EngineError(f"a node's data dir must be an absolute path, not {data_dir}")
+    return _flags(("--name", rec.name), ("--data-dir", str(data_dir)))
+
+
+def _cluster_flags(st: ClusterState, members: list[str], cluster_state: str) -> list[str]:
+    """The flags both engines take under etcd's names."""
+    return _flags(
+        ("--initial-cluster", initial_cluster(st, members)),
+        ("--initial-cluster-state", cluster_state),
+        ("--initial-cluster-token", st.token),
+        ("--heartbeat-interval", str(st.heartbeat_ms)),
+        ("--election-timeout", str(st.election_ms)),
+        ("--snapshot-count", str(st.snapshot_count)),
+    )
+
+
+def _limits(st: ClusterState) -> list[str]:
+    return _flags(
+        ("--auto-compaction-mode", st.compaction_mode),
+        ("--auto-compaction-retention", st.compaction_retention),
+        ("--quota-backend-bytes", str(st.quota_backend_bytes)),
+    )
+
+
+class BuiltinEngine:
+    """Our node: `python -m node`, with fault injection on; status from the Admin service."""
+
+    name = "builtin"
+    reports_membership = True
+    fault_rules = True
+
+    def command(
+        self, st: ClusterState, rec: NodeRecord, data_dir: Path, cluster_state: str, members: list[str], python: str
+    ) -> list[str]:
+        return [
+            *(python, "-m", "node"),
+            *_identity(rec, data_dir),
+            *_flags(("--listen-client", rec.endpoint), ("--listen-peer", f"{rec.address}:{rec.peer_port}")),
+            *_cluster_flags(st, members, cluster_state),
+            *_flags(("--log-level", st.log_level)),
+            *_limits(st),
+            "--enable-fault-injection",
+        ]
+
+    async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:
+        s = await c.admin_status(rec.endpoint, timeout=0.8)
+        v.role, v.term, v.leader = s["role"], s["term"], s["leader"]
+        v.commit, v.applied, v.member_id = s["commit"], s["applied"], s["id"]
+        v.cluster_id = s.get("cluster_id", "")
+        v.learner = rec.name in s.get("learners", [])
+        v.loop_stall_max_ms = s.get("loop_stall_max_ms")
+        v.loop_stall_p99_ms = s.get("loop_stall_p99_ms")
+        alarms = s.get("alarms")
+        v.alarms = [str(a) for a in alarms] if isinstance(alarms, list) else None
+        v.voters = s.get("voters", [])
+        v.learners = s.get("learners", [])
+        v.last_index = s.get("last_index", 0)
+        v.revision = s.get("revision", 0)
+        v.peers = s.get("peers", {})
+        v.fault_rules = s.get("fault_rules") or []
+
+    async def ping(self, c: Client, rec: NodeRecord) -> None:
+        await c.admin_status(rec.endpoint, timeout=1.0)
+
+
+class EtcdEngine:
+    """A real etcd binary from PATH; status from etcd's Maintenance.Status (no voter list in it)."""
+
+    name = "etcd"
+    reports_membership = False
+    fault_rules = False
+
+    def command(
+        self, st: ClusterState, rec: NodeRecord, data_dir: Path, cluster_state: str, members: list[str], python: str
+    ) -> list[str]:
+        identity = _identity(rec, data_dir)  # before looking for etcd: a relative data dir is our bug
+        level = {"warning": "warn"}.get(st.log_level, st.log_level)
+        return [
+            etcd_binary(),
+            *identity,
+            *_flags(
+                ("--listen-client-urls", rec.client_url),
+                ("--advertise-client-urls", rec.client_url),
+                ("--listen-peer-urls", rec.peer_url),
+                ("--initial-advertise-peer-urls", rec.peer_url),
+            ),
+            *_cluster_flags(st, members, cluster_state),
+            *_limits(st),
+            *_flags(("--logger", "zap"), ("--log-level", level)),
+        ]
+
+    async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:
+        s = await c.status(rec.endpoint)
+        mid = f"{s.header.member_id:x}"
+        v.member_id = mid
+        v.cluster_id = f"{s.header.cluster_id:x}"
+        # etcd lists active alarms in Status.errors ("memberID:… alarm:NOSPACE")
+        v.alarms = sorted({e.rsplit("alarm:", 1)[-1] for e in s.errors if "alarm:" in e})
+        v.term, v.commit, v.applied = s.raftTerm, s.raftIndex, s.raftAppliedIndex
+        v.role = "leader" if s.leader == s.header.member_id else ("follower" if s.leader else "no-leader")
+        v.leader = ids.get(f"{s.leader:x}", f"{s.leader:x}") if s.leader else ""
+        v.learner = s.isLearner
+        v.revision = s.header.revision
+        if rec.member_id != mid:
+            rec.member_id = mid
+
+    async def ping(self, c: Client, rec: NodeRecord) -> None:
+        await c.status(rec.endpoint)
+
+
+ENGINES: dict[str, Engine] = {"builtin": BuiltinEngine(), "etcd": EtcdEngine()}
+
+
+def engine_for(name: str) -> Engine:
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise EngineError(f"unknown engine {name!r}") from None
+
+
 def command(
     st: ClusterState,
     rec: NodeRecord,
@@ -30,54 +186,8 @@ def command(
     members: list[str],
     python: str = sys.executable,
 ) -> list[str]:
-    if not data_dir.is_absolute():
-        raise EngineError(f"a node's data dir must be an absolute path, not {data_dir}")
-    ic = initial_cluster(st, members)
-    # etcd's flag names for both engines (the builtin node takes the same ones)
-    limits = [
-        "--auto-compaction-mode", st.compaction_mode,
-        "--auto-compaction-retention", st.compaction_retention,
-        "--quota-backend-bytes", str(st.quota_backend_bytes),
-    ]  # fmt: skip
-    if st.engine == "builtin":
-        return [
-            python, "-m", "node",
-            "--name", rec.name,
-            "--data-dir", str(data_dir),
-            "--listen-client", rec.endpoint,
-            "--listen-peer", f"{rec.address}:{rec.peer_port}",
-            "--initial-cluster", ic,
-            "--initial-cluster-state", cluster_state,
-            "--initial-cluster-token", st.token,
-            "--heartbeat-interval", str(st.heartbeat_ms),
-            "--election-timeout", str(st.election_ms),
-            "--snapshot-count", str(st.snapshot_count),
-            "--log-level", st.log_level,
-            *limits,
-            "--enable-fault-injection",
-        ]  # fmt: skip
-    if st.engine == "etcd":
-        etcd = etcd_binary()
-        level = {"warning": "warn"}.get(st.log_level, st.log_level)
-        return [
-            etcd,
-            "--name", rec.name,
-            "--data-dir", str(data_dir),
-            "--listen-client-urls", rec.client_url,
-            "--advertise-client-urls", rec.client_url,
-            "--listen-peer-urls", rec.peer_url,
-            "--initial-advertise-peer-urls", rec.peer_url,
-            "--initial-cluster", ic,
-            "--initial-cluster-state", cluster_state,
-            "--initial-cluster-token", st.token,
-            "--heartbeat-interval", str(st.heartbeat_ms),
-            "--election-timeout", str(st.election_ms),
-            "--snapshot-count", str(st.snapshot_count),
-            *limits,
-            "--logger", "zap",
-            "--log-level", level,
-        ]  # fmt: skip
-    raise EngineError(f"unknown engine {st.engine!r}")
+    """The command line that starts `rec` on the cluster's engine."""
+    return engine_for(st.engine).command(st, rec, data_dir, cluster_state, members, python)
 
 
 def etcd_binary() -> str:

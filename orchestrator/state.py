@@ -48,6 +48,49 @@ class NodeRecord:
         return f"http://{self.address}:{self.peer_port}"
 
 
+@dataclass(frozen=True)
+class NetRule:
+    """One network fault rule (src -> dst), as chaos saves it here and its backends enforce it."""
+
+    src: str
+    dst: str
+    action: str  # drop | loss | delay
+    probability: float = 1.0
+    delay_ms: float = 0.0
+
+    def to_admin(self) -> dict[str, object]:
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "action": self.action,
+            "probability": self.probability,
+            "delay_ms": self.delay_ms,
+            "jitter_ms": 0.0,
+        }
+
+
+@dataclass
+class NetnsPlacement:
+    """Where a `--net netns` cluster's namespaces live (orchestrator/netns.py names them from these)."""
+
+    tag: str
+    subnet: int
+
+
+@dataclass
+class ChaosState:
+    """The active network faults, saved so separate `orchestrate chaos` calls and the dashboard combine."""
+
+    rules: dict[str, list[NetRule]] = field(default_factory=dict)  # fault id -> its rules
+    groups: list[list[str]] = field(default_factory=list)  # the current partition
+    next_id: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChaosState:
+        rules = {fid: [NetRule(**r) for r in rs] for fid, rs in d.get("rules", {}).items()}
+        return cls(rules, [list(g) for g in d.get("groups", [])], int(d.get("next_id", 0)))
+
+
 @dataclass
 class ClusterState:
     name: str
@@ -65,7 +108,9 @@ class ClusterState:
     quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
     created: float = 0.0
     config_source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    netns: NetnsPlacement | None = None  # set when the cluster runs with --net netns
+    chaos: ChaosState = field(default_factory=ChaosState)
+    made_root: bool = False  # its first save created the root directory (a purge may remove it when empty)
 
     def live_names(self) -> list[str]:
         return [n for n, r in self.nodes.items() if r.desired != "removed"]
@@ -79,9 +124,20 @@ class ClusterState:
 
     @classmethod
     def from_json(cls, text: str) -> ClusterState:
+        """Also reads what earlier versions wrote: netns, chaos and made_root inside an `extra` dict."""
         d = json.loads(text)
         nodes = {k: NodeRecord(**v) for k, v in d.pop("nodes").items()}
-        return cls(nodes=nodes, **d)
+        old = d.pop("extra", None) or {}
+        netns = d.pop("netns", None) or old.get("netns")
+        chaos = d.pop("chaos", None) or old.get("chaos") or {}
+        made_root = bool(d.pop("made_root", False) or old.get("made_root"))
+        return cls(
+            nodes=nodes,
+            netns=NetnsPlacement(str(netns["tag"]), int(netns["subnet"])) if netns else None,
+            chaos=ChaosState.from_dict(chaos),
+            made_root=made_root,
+            **d,
+        )
 
 
 # What a node writes in its data dir: the builtin engine's (node/storage/disk.py) and etcd's member/.
@@ -154,7 +210,7 @@ class StateDir:
     def save(self, st: ClusterState) -> None:
         self.ensure()
         if self.made_root:
-            st.extra["made_root"] = True
+            st.made_root = True
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".state-", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(st.to_json())

@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from orchestrator import targets
 from orchestrator.cluster import Cluster, ClusterView, NodeView, OrchestrateError
 from orchestrator.config import ConfigError, parse
 from orchestrator.state import ClusterState, NodeRecord, StateDir
@@ -497,3 +498,112 @@ def test_up_refuses_members_of_two_clusters_even_past_the_data_dir_check(orch: C
     assert "members of another cluster answered: n3: cluster" in r.stderr and str(d) in r.stderr, r.stderr
     assert "the cluster's data is kept" in r.stderr
     assert x.node_procs() == []
+
+
+def test_a_state_file_of_the_previous_version_still_loads(tmp_path: Path) -> None:
+    """Earlier versions kept the netns placement, the chaos state and made_root in an untyped `extra`
+    dict: such a file loads into the typed fields, and is written back in the new shape."""
+    old = {
+        "name": "old",
+        "engine": "builtin",
+        "network": "netns",
+        "token": "tok",
+        "heartbeat_ms": 50,
+        "election_ms": 500,
+        "snapshot_count": 100,
+        "log_level": "info",
+        "cluster_id": "abc",
+        "compaction_mode": "periodic",
+        "compaction_retention": "1h",
+        "quota_backend_bytes": 1024,
+        "created": 1.5,
+        "config_source": "flags",
+        "nodes": {
+            "n1": {
+                "name": "n1",
+                "client_port": 30001,
+                "peer_port": 31001,
+                "address": "10.231.7.2",
+                "netns": "ql-abcdef-0",
+                "pid": 0,
+                "create_time": 0.0,
+                "desired": "stopped",
+                "host": "localhost",
+                "member_id": "",
+                "learner": False,
+            }
+        },
+        "extra": {
+            "netns": {"tag": "abcdef", "subnet": 7},
+            "chaos": {
+                "rules": {
+                    "partition-1": [{"src": "n1", "dst": "n2", "action": "drop", "probability": 1.0, "delay_ms": 0.0}]
+                },
+                "groups": [["n1"], ["n2", "n3"]],
+                "next_id": 1,
+            },
+            "made_root": True,
+        },
+    }
+    d = StateDir(tmp_path, "old")
+    d.ensure()
+    d.file.write_text(json.dumps(old))
+    st = d.load()
+    assert st.netns is not None and (st.netns.tag, st.netns.subnet) == ("abcdef", 7)
+    assert st.made_root and st.cluster_id == "abc" and st.nodes["n1"].netns == "ql-abcdef-0"
+    assert st.chaos.groups == [["n1"], ["n2", "n3"]] and st.chaos.next_id == 1
+    (rule,) = st.chaos.rules["partition-1"]
+    assert (rule.src, rule.dst, rule.action) == ("n1", "n2", "drop")
+    c = Cluster(tmp_path, "old")
+    nn = c.netns()
+    assert nn is not None and nn.ns(0) == "ql-abcdef-0"
+    d.save(st)
+    new = json.loads(d.file.read_text())
+    assert "extra" not in new and new["netns"] == {"tag": "abcdef", "subnet": 7} and new["made_root"] is True
+    assert d.load() == st  # the new shape reads back the same
+
+
+def test_node_view_reports_only_what_the_engine_reported() -> None:
+    """`status --json` shows an engine's own fields (voters, peers, revision …) only when it reported them."""
+    bare = NodeView("n1", "stopped").to_dict()
+    assert not {"voters", "learners", "revision", "peers", "fault_rules", "alarms", "loop_stall_max_ms"} & set(bare)
+    etcd = NodeView("n1", "running", role="leader", revision=7, alarms=[]).to_dict()
+    assert etcd["revision"] == 7 and etcd["alarms"] == [] and "voters" not in etcd and "peers" not in etcd
+    builtin = NodeView(
+        "n1", "running", voters=["n1"], learners=[], last_index=3, revision=2, peers={}, fault_rules=[]
+    ).to_dict()
+    assert list(builtin)[-6:] == ["voters", "learners", "last_index", "revision", "peers", "fault_rules"]
+
+
+async def test_one_resolver_for_names_and_roles() -> None:
+    """orchestrator/targets.py: what the CLI's node verbs and chaos faults both resolve targets with."""
+    names = ["n1", "n2", "n3", "n4", "n5"]
+    nodes = [NodeView(n, "running", role="follower", leader="n3") for n in names]
+    nodes[2].role, nodes[4].state, nodes[4].role = "leader", "stopped", ""
+    view = ClusterView("t", "builtin", nodes, names, "n3", 4)
+
+    async def current() -> ClusterView:
+        return view
+
+    assert await targets.resolve("n2", names, current) == ["n2"]
+    assert await targets.resolve(["n1", "n4"], names, current) == ["n1", "n4"]
+    assert await targets.resolve("leader", names, current) == ["n3"]
+    assert await targets.resolve("followers", names, current) == ["n1", "n2", "n4"]
+    assert (await targets.resolve("follower", names, current))[0] in ("n1", "n2", "n4")
+    assert (await targets.resolve("random", names, current))[0] in ("n1", "n2", "n3", "n4")
+    assert await targets.resolve("minority", names, current) == ["n1", "n2"]
+    assert await targets.resolve("majority", names, current) == ["n3", "n1", "n2"]
+    assert await targets.resolve("all", names, current) == names
+    with pytest.raises(targets.TargetError, match="unknown node 'n9'"):
+        await targets.resolve("n9", names, current)
+    with pytest.raises(targets.TargetError, match="unknown node 'minority'"):
+        await targets.resolve("minority", names, current, targets.NODE_TARGETS)
+    with pytest.raises(targets.TargetError, match="there is no leader"):
+        await targets.resolve("leader", names, current_without_leader(view))
+
+
+def current_without_leader(view: ClusterView) -> Callable[[], Awaitable[ClusterView]]:
+    async def current() -> ClusterView:
+        return ClusterView(view.name, view.engine, view.nodes, view.voters, "", view.term)
+
+    return current

@@ -34,6 +34,7 @@ from chaos.net import NetError
 from chaos.workload import Workload
 from node.client import Client, ClientError
 from orchestrator.cluster import Cluster, ClusterView, OrchestrateError
+from orchestrator.state import ChaosState, NetRule
 
 from .model import QuorumPanel, Series, Tracker, panel
 from .screens import ExperimentScreen, HelpScreen, PartitionScreen
@@ -42,9 +43,9 @@ from .widgets import Charts, EventLog, NodeTable, Notice, QuorumView
 REFRESH_S = 0.25
 
 
-def chaos_state(c: Cluster) -> dict[str, Any]:
+def chaos_state(c: Cluster) -> ChaosState:
     """What `orchestrate chaos` keeps in the state file: partition `groups` and fault `rules` by id."""
-    return c.st.extra.get("chaos", {})
+    return c.st.chaos
 
 
 class Dashboard(App[int]):
@@ -174,17 +175,17 @@ class Dashboard(App[int]):
         for ev in self.tracker.update(view):
             self.note(ev.render(), ev.kind)
         chaos = chaos_state(c)
-        self.groups = chaos.get("groups", [])
+        self.groups = chaos.groups
         self.view = view
         self._update_panel()
-        self._diff_faults(chaos.get("rules", {}))
+        self._diff_faults(chaos.rules)
         wl_ok = 0
         if self.workload is not None:
             total = sum(1 for s in self.workload.samples if s.ok)
             wl_ok, self._wl_seen = total - self._wl_seen, total
         self.tput.push((self._probe_ok + wl_ok) / self.refresh_s)
         self._probe_ok = 0
-        active = bool(chaos.get("rules")) or any(v.state != "running" for v in view.nodes)
+        active = bool(chaos.rules) or any(v.state != "running" for v in view.nodes)
         self.faults.push(1.0 if active else 0.0)
         self.tput_data = self.tput.data()
         self.lat_data = self.lat.data()
@@ -209,15 +210,13 @@ class Dashboard(App[int]):
         except ClientError as e:
             self._set_writable(False, 0.0, str(e))
 
-    def _diff_faults(self, rules: dict[str, Any]) -> None:
+    def _diff_faults(self, rules: dict[str, list[NetRule]]) -> None:
         """Network faults come and go from any shell (`orchestrate chaos ...`): log each change."""
         ids = set(rules)
         if self._fault_ids is not None:
             for fid in sorted(ids - self._fault_ids):
-                r = rules[fid][0] if rules[fid] else {}
-                detail = (
-                    f" ({len(rules[fid])} rules, e.g. {r.get('src')}→{r.get('dst')} {r.get('action')})" if r else ""
-                )
+                r = rules[fid][0] if rules[fid] else None
+                detail = f" ({len(rules[fid])} rules, e.g. {r.src}→{r.dst} {r.action})" if r else ""
                 self.record(f"fault injected: {fid}{detail}", "fault")
             for fid in sorted(self._fault_ids - ids):
                 self.record(f"fault healed: {fid}", "heal")
@@ -227,9 +226,7 @@ class Dashboard(App[int]):
         c, view = self.cluster, self.view
         if c is None or view is None:
             return
-        self.quorum_panel = panel(
-            view, self.writable, self.probe_ms, c.st.election_ms, chaos_state(c).get("groups", [])
-        )
+        self.quorum_panel = panel(view, self.writable, self.probe_ms, c.st.election_ms, chaos_state(c).groups)
 
     def _set_writable(self, ok: bool, ms: float, why: str = "") -> None:
         if self.writable is not None and ok != self.writable:

@@ -53,8 +53,8 @@ def panel(
     n = view.n
     alive = [v for v in view.nodes if v.name in view.voters and v.state == "running" and v.role]
     leader = next((v for v in view.nodes if v.name == view.leader), None)
-    if leader is not None and leader.extra.get("peers"):
-        peers = leader.extra["peers"]
+    if leader is not None and leader.peers:
+        peers = leader.peers
         fresh = [name for name, p in peers.items() if p.get("active") and p.get("last_contact_ms", 1e9) < election_ms]
         in_contact = 1 + sum(1 for name in fresh if name in view.voters)
     else:
