@@ -40,15 +40,10 @@ class FieldError(ValueError):
 
 @dataclass(frozen=True)
 class Host:
-    name: str  # "localhost" or an SSH destination like user@host
-    address: str = "127.0.0.1"  # where its nodes listen and are reached
-    port: int = 22
-    python: str = "python3"
-    workdir: str = "~/quorumlab"
+    """Where nodes run. Only this machine for now: remote hosts over SSH are issue [ssh]."""
 
-    @property
-    def local(self) -> bool:
-        return self.name in ("localhost", "127.0.0.1", "local")
+    name: str  # "localhost"
+    address: str = "127.0.0.1"  # where its nodes listen and are reached (any loopback address)
 
 
 # Revision mode keeping the last 10000 revisions: the history (and so each node's memory, snapshots
@@ -455,32 +450,31 @@ def _nodes(src: str, node: yaml.Node) -> tuple[str, ...]:
         raise _err(src, node, "nodes", str(e)) from None
 
 
+LOCAL_HOSTS = ("localhost", "local", "127.0.0.1")
+
+
 def _hosts(src: str, node: yaml.Node) -> tuple[Host, ...]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         raise _err(src, node, "hosts", "expected a non-empty list of hosts")
     out = []
     for item in node.value:
         if isinstance(item, yaml.ScalarNode):
-            name = _scalar(src, item, "hosts")
+            name, addr_node, address = _scalar(src, item, "hosts"), item, "127.0.0.1"
             if not isinstance(name, str):
                 raise _err(src, item, "hosts", f"expected a host name, got {name!r}")
-            out.append(Host(name, "127.0.0.1" if name in ("localhost", "local") else name.split("@")[-1]))
-            continue
-        h = _mapping(src, item, "hosts[]", ("name", "address", "port", "python", "workdir"))
-        if "name" not in h:
-            raise _err(src, item, "hosts[].name", "every host needs a name (an SSH destination or localhost)")
-        kw: dict[str, Any] = {"name": str(_scalar(src, h["name"], "hosts[].name"))}
-        kw["address"] = (
-            str(_scalar(src, h["address"], "hosts[].address"))
-            if "address" in h
-            else ("127.0.0.1" if kw["name"] in ("localhost", "local") else kw["name"].split("@")[-1])
-        )
-        if "port" in h:
-            kw["port"] = _int(src, h["port"], "hosts[].port", 1, 65535)
-        for k in ("python", "workdir"):
-            if k in h:
-                kw[k] = str(_scalar(src, h[k], f"hosts[].{k}"))
-        out.append(Host(**kw))
+        else:
+            h = _mapping(src, item, "hosts[]", ("name", "address"))
+            if "name" not in h:
+                raise _err(src, item, "hosts[].name", "every host needs a name (localhost)")
+            name = str(_scalar(src, h["name"], "hosts[].name"))
+            addr_node = h.get("address", item)
+            address = str(_scalar(src, h["address"], "hosts[].address")) if "address" in h else "127.0.0.1"
+        if name not in LOCAL_HOSTS:
+            raise _err(src, item, "hosts", f"{name!r}: nodes run on this machine only for now (remote hosts over "
+                       "SSH are not implemented yet); use localhost")  # fmt: skip
+        if not address.startswith("127."):
+            raise _err(src, addr_node, "hosts[].address", f"expected a loopback address (127.x.y.z), got {address!r}")
+        out.append(Host(name, address))
     return tuple(out)
 
 

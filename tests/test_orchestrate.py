@@ -120,6 +120,12 @@ def test_config_errors_name_file_line_and_field() -> None:
         parse("timeouts: {heartbeat_ms: 100, election_ms: 150}\n", "c.yaml")
     cfg = parse((REPO / "cluster.yaml").read_text(), "cluster.yaml")
     assert cfg.nodes == ("n1", "n2", "n3") and cfg.client_port == 2379
+    # a remote host would silently run its nodes here: refused until nodes can run over SSH
+    with pytest.raises(ConfigError, match=r"c.yaml:2: hosts: 'me@db1': nodes run on this machine only"):
+        parse("nodes: 3\nhosts: [me@db1]\n", "c.yaml")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: hosts\[\].address: expected a loopback address"):
+        parse("nodes: 3\nhosts: [{name: localhost, address: 10.0.0.5}]\n", "c.yaml")
+    assert parse("hosts: [{name: localhost, address: 127.0.0.2}]\n", "c.yaml").hosts[0].address == "127.0.0.2"
 
 
 def test_cli_reports_config_errors(tmp_path: Path) -> None:
