@@ -24,9 +24,17 @@ def main() -> None:
         bad.value = "never-written"
         t0 = time.monotonic()
         r2 = check(h, budget_s=60)
-        out.append({"ops": n_ops, "clients": clients, "keys": keys, "valid_verdict": r.verdict,
-                    "valid_s": round(valid_s, 3), "corrupted_verdict": r2.verdict,
-                    "corrupted_s": round(time.monotonic() - t0, 3)})  # fmt: skip
+        out.append(
+            {
+                "ops": n_ops,
+                "clients": clients,
+                "keys": keys,
+                "valid_verdict": r.verdict,
+                "valid_s": round(valid_s, 3),
+                "corrupted_verdict": r2.verdict,
+                "corrupted_s": round(time.monotonic() - t0, 3),
+            }
+        )
     print(json.dumps(out, indent=2))
 
 

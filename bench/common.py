@@ -15,14 +15,20 @@ from orchestrator.ports import port_block
 
 
 @contextlib.asynccontextmanager
-async def cluster(engine: str, n: int = 3, heartbeat_ms: int = 100, election_ms: int = 1000,
-                  timeout: float = 60.0) -> AsyncIterator[Cluster]:  # fmt: skip
+async def cluster(
+    engine: str, n: int = 3, heartbeat_ms: int = 100, election_ms: int = 1000, timeout: float = 60.0
+) -> AsyncIterator[Cluster]:
     """A fresh cluster in a temporary state dir; always torn down."""
     with tempfile.TemporaryDirectory(prefix=f"qlbench-{engine}-") as tmp:
         cfg = replace(
-            ClusterConfig(), name=f"bench-{engine}", engine=engine, client_port=port_block(n + 2),
-            peer_port=port_block(n + 2), heartbeat_ms=heartbeat_ms, election_ms=election_ms,
-        ).with_nodes(n)  # fmt: skip
+            ClusterConfig(),
+            name=f"bench-{engine}",
+            engine=engine,
+            client_port=port_block(n + 2),
+            peer_port=port_block(n + 2),
+            heartbeat_ms=heartbeat_ms,
+            election_ms=election_ms,
+        ).with_nodes(n)
         c = Cluster(Path(tmp), cfg.name)
         c.create(cfg)
         try:

@@ -89,8 +89,13 @@ async def bench_engine(engine: str, a: argparse.Namespace) -> dict[str, Any]:
 
 
 async def main_async(a: argparse.Namespace) -> dict[str, Any]:
-    res: dict[str, Any] = {"clients": a.clients, "value_size": a.value_size, "seconds": a.seconds, "procs": a.procs,
-                           "cpus": os.cpu_count()}  # fmt: skip
+    res: dict[str, Any] = {
+        "clients": a.clients,
+        "value_size": a.value_size,
+        "seconds": a.seconds,
+        "procs": a.procs,
+        "cpus": os.cpu_count(),
+    }
     engines = ["builtin"] + (["etcd"] if shutil.which("etcd") and not a.builtin_only else [])
     for e in engines:
         res[e] = await bench_engine(e, a)

@@ -140,14 +140,36 @@ class Orchestrate:
         self.env.pop("QUORUMLAB_HOME", None)
 
     def run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "orchestrator.cli", "--config", str(self.config), "--root", str(self.root),
-               "--name", self.name, *args]  # fmt: skip
-        return subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "--config",
+            str(self.config),
+            "--root",
+            str(self.root),
+            "--name",
+            self.name,
+            *args,
+        ]
+        return subprocess.run(
+            cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
 
     def up(self) -> None:
-        r = self.run("up", "--nodes", "3", "--client-port", str(self.client_port), "--peer-port",
-                     str(self.peer_port), "--timeout", "60", "--quiet", timeout=120)  # fmt: skip
+        r = self.run(
+            "up",
+            "--nodes",
+            "3",
+            "--client-port",
+            str(self.client_port),
+            "--peer-port",
+            str(self.peer_port),
+            "--timeout",
+            "60",
+            "--quiet",
+            timeout=120,
+        )
         if r.returncode != 0:
             last = (r.stderr.strip() or r.stdout.strip()).splitlines()[-6:]
             raise SoakError(f"`orchestrate up` failed (exit {r.returncode}): " + " | ".join(last))
@@ -199,8 +221,14 @@ def node_code_roots(nodes: dict[str, dict[str, Any]]) -> dict[str, str]:
     for name, d in nodes.items():
         try:
             p = psutil.Process(d["pid"])
-            r = subprocess.run([p.exe(), "-c", "import node; print(node.__file__)"], cwd=p.cwd(), env=p.environ(),
-                               capture_output=True, text=True, timeout=30)  # fmt: skip
+            r = subprocess.run(
+                [p.exe(), "-c", "import node; print(node.__file__)"],
+                cwd=p.cwd(),
+                env=p.environ(),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             out[name] = str(Path(r.stdout.strip()).parent.parent) if r.returncode == 0 else f"? ({r.stderr[-200:]})"
         except (psutil.Error, OSError, subprocess.TimeoutExpired) as e:
             out[name] = f"? ({e})"
@@ -285,8 +313,15 @@ async def _reads(a: dict[str, Any], end: Any) -> dict[str, Any]:
             late += 1
     for c in clients:
         await c.close()
-    return {"batches": batches, "late_ticks": late, "lat": lat, "errors": dict(errors), "bytes": sizes,
-            "keys": keys, "batch_secs": batch_secs}  # fmt: skip
+    return {
+        "batches": batches,
+        "late_ticks": late,
+        "lat": lat,
+        "errors": dict(errors),
+        "bytes": sizes,
+        "keys": keys,
+        "batch_secs": batch_secs,
+    }
 
 
 async def _probe(a: dict[str, Any], end: Any) -> dict[str, Any]:
@@ -497,8 +532,10 @@ async def run(a: argparse.Namespace, orch: Orchestrate, say: Any) -> dict[str, A
             p = ctx.Process(target=_child, args=(kind, args, seed + 1, end, q), daemon=True)
             p.start()
             procs.append(p)
-        say(f"load: {a.clients} put clients, {a.readers} prefix reads every {a.read_every}s, "
-            f"probe every {a.probe_every * 1000:.0f}ms, for {a.duration:.0f}s")  # fmt: skip
+        say(
+            f"load: {a.clients} put clients, {a.readers} prefix reads every {a.read_every}s, "
+            f"probe every {a.probe_every * 1000:.0f}ms, for {a.duration:.0f}s"
+        )
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         samples.append({**await sample(orch, 0.0), "mark": "load_start"})
         deadline = end.value + max(a.read_timeout, a.put_timeout, a.probe_timeout) + 60
@@ -545,9 +582,16 @@ def progress_line(samples: list[dict[str, Any]], t: float) -> str:
 
 
 # -- report -------------------------------------------------------------------------------------------
-def report(a: argparse.Namespace, duration: float, aborted: str, names: list[str], roots: dict[str, str],
-           pre: dict[str, Any], samples: list[dict[str, Any]],
-           results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:  # fmt: skip
+def report(
+    a: argparse.Namespace,
+    duration: float,
+    aborted: str,
+    names: list[str],
+    roots: dict[str, str],
+    pre: dict[str, Any],
+    samples: list[dict[str, Any]],
+    results: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
     puts = results["puts"]
     acked = sum(p["acked"] for p in puts)
     buckets: Counter[int] = Counter()
@@ -636,8 +680,10 @@ def report(a: argparse.Namespace, duration: float, aborted: str, names: list[str
             seen.append({"t": s["t"], "term": cur[0], "leader": cur[1] or "none"})
         prev = cur
     loads = [s["loadavg"] for s in run_samples if "loadavg" in s]
-    stall_max = [v.get("loop_stall_max_ms", v.get("loop_stall_max_total_ms")) for v in
-                 (pn["loop_stall_reported"] for pn in per_node.values())]  # fmt: skip
+    stall_max = [
+        v.get("loop_stall_max_ms", v.get("loop_stall_max_total_ms"))
+        for v in (pn["loop_stall_reported"] for pn in per_node.values())
+    ]
     stall_vals = [float(x) for x in stall_max if isinstance(x, int | float)]
     return {
         "bench": "soak",
@@ -717,27 +763,44 @@ def render(r: dict[str, Any]) -> str:
         + (f"{r['loop_stall_max_ms']} ms" if r["loop_stall_max_ms"] is not None else "n/a (nodes do not report it)"),
     ]
     cap = f"(cap {r['params']['probe_timeout'] * 1000:.0f})"
-    cols = ["NODE", f"PROBE p50/p99/max ms {cap}", ">100ms", "SPELLS>1s", "LONGEST s", "LC",
-            "RSS MB start/load/med/max/end", "DATA MB start/load/max/end", "LOOP STALL"]  # fmt: skip
+    cols = [
+        "NODE",
+        f"PROBE p50/p99/max ms {cap}",
+        ">100ms",
+        "SPELLS>1s",
+        "LONGEST s",
+        "LC",
+        "RSS MB start/load/med/max/end",
+        "DATA MB start/load/max/end",
+        "LOOP STALL",
+    ]
     rows = []
     for n, v in r["nodes"].items():
         pm, rs, dm = v["probe_ms"], v["rss_mb"], v["data_mb"]
         st = v["loop_stall_reported"]
-        rows.append([
-            n, f"{pm.get('p50')}/{pm.get('p99')}/{pm.get('max')}", str(v["probe_over_100ms"]),
-            str(v["stalls_over_1s"]), str(v["longest_stall_s"]), str(v["leader_changes"]),
-            f"{rs.get('start')}/{rs.get('at_load')}/{rs.get('median')}/{rs.get('max')}/{rs.get('end')}",
-            f"{dm.get('start')}/{dm.get('at_load')}/{dm.get('max')}/{dm.get('end')}",
-            " ".join(f"{k.removeprefix('loop_stall_')}={x}" for k, x in st.items()) or "-",
-        ])  # fmt: skip
+        rows.append(
+            [
+                n,
+                f"{pm.get('p50')}/{pm.get('p99')}/{pm.get('max')}",
+                str(v["probe_over_100ms"]),
+                str(v["stalls_over_1s"]),
+                str(v["longest_stall_s"]),
+                str(v["leader_changes"]),
+                f"{rs.get('start')}/{rs.get('at_load')}/{rs.get('median')}/{rs.get('max')}/{rs.get('end')}",
+                f"{dm.get('start')}/{dm.get('at_load')}/{dm.get('max')}/{dm.get('end')}",
+                " ".join(f"{k.removeprefix('loop_stall_')}={x}" for k, x in st.items()) or "-",
+            ]
+        )
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     out.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
     out += ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     eps = r["stall_episodes"]
     if eps:
         longest = sorted(eps, key=lambda e: -e["s"])[:10]
-        out.append(f"unresponsive spells >= 0.5 s seen by the probe: {len(eps)}; longest: "
-                   + ", ".join(f"{e['node']} {e['s']}s@{e['t']}s" for e in longest))  # fmt: skip
+        out.append(
+            f"unresponsive spells >= 0.5 s seen by the probe: {len(eps)}; longest: "
+            + ", ".join(f"{e['node']} {e['s']}s@{e['t']}s" for e in longest)
+        )
     return "\n".join(out)
 
 
@@ -756,8 +819,9 @@ def _positive(kind: type[int] | type[float]) -> Any:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     pi, pf = _positive(int), _positive(float)
     ap.add_argument("--duration", type=pf, default=600.0, help="seconds of load (default 600)")
     ap.add_argument("--clients", type=pi, default=64, help="concurrent put clients (default 64)")

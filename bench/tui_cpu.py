@@ -29,8 +29,9 @@ from tui.app import Dashboard
 async def run(seconds: float, svg: Path | None, nodes: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="qlbench-tui-") as tmp:
         root = Path(tmp)
-        cfg = replace(ClusterConfig(), name="dash", client_port=port_block(nodes + 2),
-                      peer_port=port_block(nodes + 2)).with_nodes(nodes)  # fmt: skip
+        cfg = replace(
+            ClusterConfig(), name="dash", client_port=port_block(nodes + 2), peer_port=port_block(nodes + 2)
+        ).with_nodes(nodes)
         c = Cluster(root, "dash")
         c.create(cfg)
         await c.up(60)
@@ -54,8 +55,13 @@ async def run(seconds: float, svg: Path | None, nodes: int) -> dict[str, object]
                 await pilot.press("q")
         finally:
             c.down(purge=True)
-    return {"nodes": nodes, "refresh_hz": 4, "seconds": seconds, "dashboard_cpu_percent_of_one_core": round(cpu, 1),
-            "screenshot": str(svg) if svg else None}  # fmt: skip
+    return {
+        "nodes": nodes,
+        "refresh_hz": 4,
+        "seconds": seconds,
+        "dashboard_cpu_percent_of_one_core": round(cpu, 1),
+        "screenshot": str(svg) if svg else None,
+    }
 
 
 def main() -> None:

@@ -29,10 +29,24 @@ def one(engine: str, nodes: int) -> float:
         base = [sys.executable, "-m", "orchestrator", "--root", root, "--name", "up"]
         t0 = time.monotonic()
         r = subprocess.run(
-            [*base, "up", "--nodes", str(nodes), "--engine", engine, "-q",
-             "--client-port", str(port_block(nodes)), "--peer-port", str(port_block(nodes))],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                *base,
+                "up",
+                "--nodes",
+                str(nodes),
+                "--engine",
+                engine,
+                "-q",
+                "--client-port",
+                str(port_block(nodes)),
+                "--peer-port",
+                str(port_block(nodes)),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         took = time.monotonic() - t0
         subprocess.run([*base, "down", "--purge"], cwd=REPO, capture_output=True, timeout=120)
         if r.returncode != 0:

@@ -42,8 +42,11 @@ class KeyResult:
     def explain(self) -> str:
         if self.verdict != INVALID or self.culprit is None:
             return f"key {self.key}: {self.verdict} ({self.ops} operations)"
-        lines = [f"key {self.key}: NOT linearizable — {self.kind}", f"  cannot place: {self.culprit.describe()}",
-                 "  operations around it:"]  # fmt: skip
+        lines = [
+            f"key {self.key}: NOT linearizable — {self.kind}",
+            f"  cannot place: {self.culprit.describe()}",
+            "  operations around it:",
+        ]
         lines += [f"    {op.describe()}" for op in self.window]
         return "\n".join(lines)
 
@@ -194,8 +197,15 @@ def _invalid(key: str, hist: list[Op], culprit_idx: int, explored: int) -> KeyRe
         if culprit.value is not None and culprit.value not in written:
             kind = "read of a value never written"
         else:
-            newer = [op for op in hist if op.kind == "put" and op.outcome == OK and op.complete is not None
-                     and op.complete < culprit.invoke and op.value != culprit.value]  # fmt: skip
+            newer = [
+                op
+                for op in hist
+                if op.kind == "put"
+                and op.outcome == OK
+                and op.complete is not None
+                and op.complete < culprit.invoke
+                and op.value != culprit.value
+            ]
             if newer:
                 kind = f"stale read: {newer[-1].value!r} had been acknowledged before this read began"
     elif culprit.kind == "cas":
@@ -212,8 +222,11 @@ def lost_writes(ops: list[Op], final: dict[str, str | None]) -> list[Op]:
     for op in ops:
         if op.kind in ("put", "cas"):
             counts[op.key] += 1
-    return [op for op in ops if op.kind == "put" and op.outcome == OK and counts[op.key] == 1
-            and final.get(op.key) != op.value]  # fmt: skip
+    return [
+        op
+        for op in ops
+        if op.kind == "put" and op.outcome == OK and counts[op.key] == 1 and final.get(op.key) != op.value
+    ]
 
 
 def check(ops: list[Op], budget_s: float = 30.0, final: dict[str, str | None] | None = None) -> Result:

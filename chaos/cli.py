@@ -82,8 +82,10 @@ async def _apply(ch: Chaos, a: argparse.Namespace) -> str:
     if k == "list":
         if not ch.rules:
             return "no network faults active"
-        return "\n".join(f"{fid}: {len(rules)} rules, e.g. {rules[0].src}->{rules[0].dst} {rules[0].action}"
-                         for fid, rules in ch.rules.items())  # fmt: skip
+        return "\n".join(
+            f"{fid}: {len(rules)} rules, e.g. {rules[0].src}->{rules[0].dst} {rules[0].action}"
+            for fid, rules in ch.rules.items()
+        )
     raise FaultError(f"unknown chaos command {k}")
 
 
@@ -95,8 +97,17 @@ async def cmd_experiment(ctx: Ctx, a: argparse.Namespace) -> int:
     spec = exp.load(a.ref)
     t0 = time.monotonic()
     bar = _Progress(sys.stderr.isatty())
-    runner = exp.Runner(spec, ctx.root, Path(a.reports), engine=a.engine, net=a.net, seed=a.seed,
-                        heartbeat_ms=a.heartbeat_ms, election_ms=a.election_ms, progress=bar)  # fmt: skip
+    runner = exp.Runner(
+        spec,
+        ctx.root,
+        Path(a.reports),
+        engine=a.engine,
+        net=a.net,
+        seed=a.seed,
+        heartbeat_ms=a.heartbeat_ms,
+        election_ms=a.election_ms,
+        progress=bar,
+    )
     try:
         result = await runner.run()
     except exp.ExperimentError as e:

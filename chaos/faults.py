@@ -100,8 +100,13 @@ class Chaos:
             "restart": self.c.restart_node,
         }[verb]
         done = []
-        skip = {"start": ("running", "paused"), "resume": ("running", "stopped"), "kill": ("stopped",),
-                "stop": ("stopped",), "pause": ("paused", "stopped")}.get(verb, ())  # fmt: skip
+        skip = {
+            "start": ("running", "paused"),
+            "resume": ("running", "stopped"),
+            "kill": ("stopped",),
+            "stop": ("stopped",),
+            "pause": ("paused", "stopped"),
+        }.get(verb, ())
         for n in names:
             if self.c.launcher.state(self.c.st.nodes[n]) in skip:
                 continue  # already there: "start all" starts only what is stopped
@@ -110,8 +115,9 @@ class Chaos:
                 done.append(n)
             except OrchestrateError as e:
                 raise FaultError(str(e)) from None
-        self.log("fault" if verb in ("kill", "stop", "pause") else "heal", f"{verb} {', '.join(done)}", verb=verb,
-                 nodes=done)  # fmt: skip
+        self.log(
+            "fault" if verb in ("kill", "stop", "pause") else "heal", f"{verb} {', '.join(done)}", verb=verb, nodes=done
+        )
         if verb in ("start", "restart") and self.rules:
             await self._push()  # a restarted node comes back with an empty rule table
         return done

@@ -117,8 +117,9 @@ class Workload:
                 op.value = g.kvs[0].value.decode() if g.kvs else None
                 op.revision = g.header.revision
             else:
-                op.succeeded = await cl.cas(op.key, op.expect.encode() if op.expect is not None else None,
-                                            (op.value or "").encode())  # fmt: skip
+                op.succeeded = await cl.cas(
+                    op.key, op.expect.encode() if op.expect is not None else None, (op.value or "").encode()
+                )
             op.outcome = OK
             op.complete = self.now()
         except ClientError as e:

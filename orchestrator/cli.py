@@ -304,8 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start, inspect and break a local Raft key-value cluster (quorumlab or real etcd).",
     )
     p.add_argument("--config", "-c", help="cluster definition (default: ./cluster.yaml if present)")
-    p.add_argument("--name", type=cfgmod.flag_type("name"),
-                   help="cluster name (default: from the config, or the only cluster here)")  # fmt: skip
+    p.add_argument(
+        "--name",
+        type=cfgmod.flag_type("name"),
+        help="cluster name (default: from the config, or the only cluster here)",
+    )
     p.add_argument("--root", help="state directory root (default: data_dir from the config, .quorumlab)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -321,12 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--election-ms", type=ft("election_ms"), help="etcd's --election-timeout")
     up.add_argument("--snapshot-count", type=ft("snapshot_count"))
     up.add_argument("--log-level", type=ft("log_level"))
-    up.add_argument("--auto-compaction-mode", dest="compaction_mode", type=ft("compaction_mode"),
-                    help="periodic | revision (default: revision)")  # fmt: skip
-    up.add_argument("--auto-compaction-retention", dest="compaction_retention", type=ft("compaction_retention"),
-                    help="revisions to keep (revision mode, default 10000) or a duration (periodic: 1h)")  # fmt: skip
-    up.add_argument("--quota-backend-bytes", type=ft("quota_backend_bytes"),
-                    help="NOSPACE alarm past this keyspace size: bytes or 256MiB (default 256MiB)")  # fmt: skip
+    up.add_argument(
+        "--auto-compaction-mode",
+        dest="compaction_mode",
+        type=ft("compaction_mode"),
+        help="periodic | revision (default: revision)",
+    )
+    up.add_argument(
+        "--auto-compaction-retention",
+        dest="compaction_retention",
+        type=ft("compaction_retention"),
+        help="revisions to keep (revision mode, default 10000) or a duration (periodic: 1h)",
+    )
+    up.add_argument(
+        "--quota-backend-bytes",
+        type=ft("quota_backend_bytes"),
+        help="NOSPACE alarm past this keyspace size: bytes or 256MiB (default 256MiB)",
+    )
     up.add_argument("--tui", action="store_true", help="open the dashboard once the cluster is up")
     up.add_argument("--quiet", "-q", action="store_true")
     up.add_argument("--name", dest="up_name", type=ft("name"), help="cluster name (same as the global --name)")
@@ -338,8 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="nodes, roles, leader, quorum; exit 1 without quorum")
     st.add_argument("-w", "--write-out", choices=["table", "json"], default="table")
-    st.add_argument("--watch", type=positive(float), nargs="?", const=1.0, default=None,
-                    help="refresh every S seconds")  # fmt: skip
+    st.add_argument("--watch", type=positive(float), nargs="?", const=1.0, default=None, help="refresh every S seconds")
     st.set_defaults(fn=cmd_status)
 
     node_help = "a node name, or leader / follower / random"
@@ -354,8 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(verb, help=h)
         sp.add_argument("node", help=node_help + (" / all" if verb in ("start", "stop") else ""))
         if verb in ("start", "restart"):
-            sp.add_argument("--timeout", type=positive(float), default=120.0,
-                            help="seconds to wait until it serves (it replays its WAL first)")  # fmt: skip
+            sp.add_argument(
+                "--timeout",
+                type=positive(float),
+                default=120.0,
+                help="seconds to wait until it serves (it replays its WAL first)",
+            )
         sp.set_defaults(fn=cmd_node)
 
     add = sub.add_parser("add", help="add a member (as a learner, promoted once caught up)")

@@ -154,12 +154,17 @@ class Cluster:
             d = self.dir.data_dir(n)
             if not d.is_dir() or not any(d.iterdir()):
                 continue
-            fix = (f"remove it (`rm -r {d}`, or `orchestrate --root {self.dir.root} --name {self.name} down --purge` "
-                   "for the whole cluster) or start this cluster under another --name or --root")  # fmt: skip
+            fix = (
+                f"remove it (`rm -r {d}`, or `orchestrate --root {self.dir.root} --name {self.name} down --purge` "
+                "for the whole cluster) or start this cluster under another --name or --root"
+            )
             owner = _data_dir_owner(d)
             if self.fresh:
-                whose = (f"member {owner[0]!r} of cluster {owner[1]}" if owner
-                         else "an earlier cluster" + (" (etcd data)" if (d / "member").exists() else ""))  # fmt: skip
+                whose = (
+                    f"member {owner[0]!r} of cluster {owner[1]}"
+                    if owner
+                    else "an earlier cluster" + (" (etcd data)" if (d / "member").exists() else "")
+                )
                 raise OrchestrateError(
                     f"data dir {d} already holds data of {whose}, but {self.name!r} is a new cluster; {fix}"
                 )
@@ -335,14 +340,18 @@ class Cluster:
         if have != want:
             extra = sorted(have - want)
             lacking = sorted(want - have)
-            return "the leader's voters are " + ", ".join(sorted(have)) + (
-                f" (missing {', '.join(lacking)})" if lacking else "") + (
-                f" (not configured: {', '.join(extra)})" if extra else "")  # fmt: skip
+            return (
+                "the leader's voters are "
+                + ", ".join(sorted(have))
+                + (f" (missing {', '.join(lacking)})" if lacking else "")
+                + (f" (not configured: {', '.join(extra)})" if extra else "")
+            )
         return ""
 
     def diagnose(self, view: ClusterView | None, timeout: float, missing: str = "") -> str:
-        lines = [f"cluster {self.name!r} did not become ready within {timeout:g}s" + (f" ({missing})" if missing
-                                                                                           else "")]  # fmt: skip
+        lines = [
+            f"cluster {self.name!r} did not become ready within {timeout:g}s" + (f" ({missing})" if missing else "")
+        ]
         for n in self.st.live_names():
             rec = self.st.nodes[n]
             state = self.launcher.state(rec)
@@ -488,8 +497,9 @@ class Cluster:
     async def _node_view(self, c: Client, name: str, ids: dict[str, str]) -> NodeView:
         rec = self.st.nodes[name]
         state = self.launcher.state(rec)
-        v = NodeView(name, state, pid=rec.pid if state != "stopped" else 0, client_url=rec.client_url,
-                     member_id=rec.member_id)  # fmt: skip
+        v = NodeView(
+            name, state, pid=rec.pid if state != "stopped" else 0, client_url=rec.client_url, member_id=rec.member_id
+        )
         if state != "running":
             return v
         try:
@@ -546,9 +556,13 @@ class Cluster:
                     pass
                 waited = time.monotonic() - t0
                 if time.monotonic() >= deadline:
-                    raise NodeStartError(self._start_failure(
-                        name, f"{name} (pid {rec.pid}) is not serving after {waited:.0f}s; it is left running "
-                              f"(`orchestrate stop {name}` stops it)"))  # fmt: skip
+                    raise NodeStartError(
+                        self._start_failure(
+                            name,
+                            f"{name} (pid {rec.pid}) is not serving after {waited:.0f}s; it is left running "
+                            f"(`orchestrate stop {name}` stops it)",
+                        )
+                    )
                 last = next((ln for ln in reversed(self._this_run_log(name)) if ln.strip()), "")
                 said = f": {last[-100:]}" if last else ""
                 say(f"{name} starting (pid {rec.pid}, {waited:.0f}s; replaying its WAL){said}")
@@ -645,8 +659,9 @@ class Cluster:
             del st.nodes[name]
             raise
         members = self.st.live_names()
-        async with self.client([n for n in members if n != name and self.launcher.state(st.nodes[n]) == "running"],
-                               timeout=10.0) as c:  # fmt: skip
+        async with self.client(
+            [n for n in members if n != name and self.launcher.state(st.nodes[n]) == "running"], timeout=10.0
+        ) as c:
             try:
                 resp = await c.member_add([rec.peer_url], learner=not voter)
             except ClientError as e:

@@ -416,8 +416,11 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
             kw[attr] = _field(src, top[FIELDS[attr].key], attr)
     if "nodes" in top:
         kw["nodes"] = _nodes(src, top["nodes"])
-    sections = {"ports": ("client_port", "peer_port"), "timeouts": ("heartbeat_ms", "election_ms"),
-                "compaction": ("compaction_mode", "compaction_retention")}  # fmt: skip
+    sections = {
+        "ports": ("client_port", "peer_port"),
+        "timeouts": ("heartbeat_ms", "election_ms"),
+        "compaction": ("compaction_mode", "compaction_retention"),
+    }
     for section, attrs in sections.items():
         if section in top:
             sub = _mapping(src, top[section], section, tuple(FIELDS[a].key.split(".")[1] for a in attrs))
@@ -470,8 +473,13 @@ def _hosts(src: str, node: yaml.Node) -> tuple[Host, ...]:
             addr_node = h.get("address", item)
             address = str(_scalar(src, h["address"], "hosts[].address")) if "address" in h else "127.0.0.1"
         if name not in LOCAL_HOSTS:
-            raise _err(src, item, "hosts", f"{name!r}: nodes run on this machine only for now (remote hosts over "
-                       "SSH are not implemented yet); use localhost")  # fmt: skip
+            raise _err(
+                src,
+                item,
+                "hosts",
+                f"{name!r}: nodes run on this machine only for now (remote hosts over "
+                "SSH are not implemented yet); use localhost",
+            )
         if not address.startswith("127."):
             raise _err(src, addr_node, "hosts[].address", f"expected a loopback address (127.x.y.z), got {address!r}")
         out.append(Host(name, address))

@@ -203,8 +203,10 @@ async def lease_cmd(ctx: Ctx, a: argparse.Namespace) -> int:
                 print(f"lease {a.id:016x} already expired")
             else:
                 keys = ", ".join(k.decode(errors="replace") for k in t.keys)
-                print(f"lease {a.id:016x} granted with TTL({t.grantedTTL}s), remaining({t.TTL}s)"
-                      + (f", attached keys([{keys}])" if a.keys else ""))  # fmt: skip
+                print(
+                    f"lease {a.id:016x} granted with TTL({t.grantedTTL}s), remaining({t.TTL}s)"
+                    + (f", attached keys([{keys}])" if a.keys else "")
+                )
         elif a.lease_cmd == "keepalive":
             ttl = await c.lease_keepalive_once(a.id)
             lid = f"{a.id:016x}"

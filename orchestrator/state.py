@@ -316,8 +316,12 @@ class StateDir:
     def remove_if_empty(self) -> list[str]:
         """Remove the cluster directory (and a root this process made) when nothing is left in them."""
         removed = []
-        for p, ours in ((self.path / "logs", True), (self.path / "data", True), (self.path, True),
-                        (self.root, self.made_root)):  # fmt: skip
+        for p, ours in (
+            (self.path / "logs", True),
+            (self.path / "data", True),
+            (self.path, True),
+            (self.root, self.made_root),
+        ):
             if ours and p.is_dir() and not any(p.iterdir()):
                 p.rmdir()
                 removed.append(str(p))

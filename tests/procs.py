@@ -163,17 +163,38 @@ class EtcdProcs(NodeProcs):
         cu, pu = f"http://{self.endpoint(name)}", f"http://127.0.0.1:{self.peer[name]}"
         ic = initial or ",".join(f"{n}=http://127.0.0.1:{self.peer[n]}" for n in self.names)
         return [
-            "etcd", "--name", name, "--data-dir", str(self.base / name),
-            "--listen-client-urls", cu, "--advertise-client-urls", cu,
-            "--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
-            "--initial-cluster", ic, "--initial-cluster-state", state,
-            "--initial-cluster-token", self.token,
-            "--heartbeat-interval", str(self.heartbeat_ms), "--election-timeout", str(self.election_ms),
-            "--logger", "zap", "--log-level", "warn",
-        ]  # fmt: skip
+            "etcd",
+            "--name",
+            name,
+            "--data-dir",
+            str(self.base / name),
+            "--listen-client-urls",
+            cu,
+            "--advertise-client-urls",
+            cu,
+            "--listen-peer-urls",
+            pu,
+            "--initial-advertise-peer-urls",
+            pu,
+            "--initial-cluster",
+            ic,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            self.token,
+            "--heartbeat-interval",
+            str(self.heartbeat_ms),
+            "--election-timeout",
+            str(self.election_ms),
+            "--logger",
+            "zap",
+            "--log-level",
+            "warn",
+        ]
 
-    async def wait_leader(self, timeout: float = 15.0, among: list[str] | None = None,
-                          exclude: str | None = None) -> str:  # fmt: skip
+    async def wait_leader(
+        self, timeout: float = 15.0, among: list[str] | None = None, exclude: str | None = None
+    ) -> str:
         deadline = time.monotonic() + timeout
         names = among or self.names
         async with Client(self.endpoints(names), timeout=1.0) as c:

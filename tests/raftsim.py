@@ -151,8 +151,9 @@ def copy_entry(e: Entry) -> Entry:
 def copy_msg(m: Message) -> Message:
     """Messages cross the 'wire' by value, like the real transport (positional: replace() is slow)."""
     ents = [Entry(e.index, e.term, e.type, e.data) for e in m.entries] if m.entries else []
-    return Message(m.type, m.to, m.frm, m.term, m.log_term, m.index, ents, m.commit, m.reject, m.reject_hint,
-                   m.snapshot, m.context)  # fmt: skip
+    return Message(
+        m.type, m.to, m.frm, m.term, m.log_term, m.index, ents, m.commit, m.reject, m.reject_hint, m.snapshot, m.context
+    )
 
 
 @dataclass
@@ -727,8 +728,11 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the checks of each promise as it is made (durable votes and append replies, read "
         "indexes): find out whether a bug also shows as lost data, two leaders or a stale read",
     )
-    ap.add_argument("--save-history", metavar="FILE", help="with --seed: write the clients' history "
-                    "(JSON lines, for `orchestrate check`)")  # fmt: skip
+    ap.add_argument(
+        "--save-history",
+        metavar="FILE",
+        help="with --seed: write the clients' history (JSON lines, for `orchestrate check`)",
+    )
     args = ap.parse_args(argv)
     if args.nodes is not None and not 1 <= args.nodes <= 9:
         ap.error("--nodes must be 1..9")
@@ -742,8 +746,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(sim.events))
         if args.save_history:
             save(sim.history, Path(args.save_history))
-        print(f"seed {args.seed}: ok ({len(sim.acked)} acknowledged proposals, {len(sim.history)} client operations, "
-              f"t={sim.now})")  # fmt: skip
+        print(
+            f"seed {args.seed}: ok ({len(sim.acked)} acknowledged proposals, {len(sim.history)} client operations, "
+            f"t={sim.now})"
+        )
         return 0
     t0 = time.monotonic()
     for s in range(args.start, args.start + args.schedules):

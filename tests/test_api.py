@@ -161,8 +161,14 @@ async def test_pypi_etcd_client_aetcd_works_unchanged(node_cluster: Make) -> Non
                 print("aetcd-ok")
         asyncio.run(main())
     """)
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd="/")  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        cwd="/",
+    )
     assert r.returncode == 0 and "aetcd-ok" in r.stdout, r.stderr[-3000:]
 
 

@@ -106,16 +106,33 @@ async def test_real_etcd_split_with_iptables(tmp_path: Path) -> None:
 
 
 def _orch(root: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "--root", str(root), "--name", "cx", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--root", str(root), "--name", "cx", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_chaos_cli_partition_heal_and_check(tmp_path: Path) -> None:
     root = tmp_path / "state"
     try:
-        r = _orch(root, "up", "--nodes", "5", "--client-port", str(port_block(6)), "--peer-port", str(port_block(6)),
-                  "--heartbeat-ms", "50", "--election-ms", "500")  # fmt: skip
+        r = _orch(
+            root,
+            "up",
+            "--nodes",
+            "5",
+            "--client-port",
+            str(port_block(6)),
+            "--peer-port",
+            str(port_block(6)),
+            "--heartbeat-ms",
+            "50",
+            "--election-ms",
+            "500",
+        )
         assert r.returncode == 0, r.stderr
         r = _orch(root, "chaos", "partition", "n1,n2", "n3,n4,n5")
         assert r.returncode == 0 and "n1,n2 | n3,n4,n5" in r.stdout, r.stderr

@@ -12,20 +12,37 @@ from chaos.history import FAIL, INFO, OK, Op, load, save
 _ids = iter(range(1_000_000))
 
 
-def op(client: int, kind: str, key: str, value: str | None, t0: float, t1: float | None, outcome: str = OK,
-       expect: str | None = None, succeeded: bool | None = None) -> Op:  # fmt: skip
+def op(
+    client: int,
+    kind: str,
+    key: str,
+    value: str | None,
+    t0: float,
+    t1: float | None,
+    outcome: str = OK,
+    expect: str | None = None,
+    succeeded: bool | None = None,
+) -> Op:
     return Op(next(_ids), client, kind, key, value, expect, succeeded, outcome, t0, t1)
 
 
 def test_sequential_history_is_valid() -> None:
-    h = [op(1, "put", "x", "1", 0, 1), op(1, "get", "x", "1", 2, 3), op(2, "put", "x", "2", 4, 5),
-         op(2, "get", "x", "2", 6, 7)]  # fmt: skip
+    h = [
+        op(1, "put", "x", "1", 0, 1),
+        op(1, "get", "x", "1", 2, 3),
+        op(2, "put", "x", "2", 4, 5),
+        op(2, "get", "x", "2", 6, 7),
+    ]
     assert check(h).verdict == VALID
 
 
 def test_concurrent_read_may_see_either_value() -> None:
-    h = [op(1, "put", "x", "1", 0, 1), op(1, "put", "x", "2", 2, 6), op(2, "get", "x", "1", 3, 4),
-         op(3, "get", "x", "2", 4, 5)]  # fmt: skip
+    h = [
+        op(1, "put", "x", "1", 0, 1),
+        op(1, "put", "x", "2", 2, 6),
+        op(2, "get", "x", "1", 3, 4),
+        op(3, "get", "x", "2", 4, 5),
+    ]
     assert check(h).verdict == VALID
 
 
@@ -54,8 +71,12 @@ def test_lost_acknowledged_write() -> None:
 
 
 def test_unknown_outcome_write_may_appear_late_or_never() -> None:
-    late = [op(1, "put", "x", "1", 0, 1), op(2, "put", "x", "2", 2, None, INFO), op(3, "get", "x", "1", 3, 4),
-            op(3, "get", "x", "2", 10, 11)]  # fmt: skip
+    late = [
+        op(1, "put", "x", "1", 0, 1),
+        op(2, "put", "x", "2", 2, None, INFO),
+        op(3, "get", "x", "1", 3, 4),
+        op(3, "get", "x", "2", 10, 11),
+    ]
     assert check(late).verdict == VALID
     never = [op(1, "put", "x", "1", 0, 1), op(2, "put", "x", "2", 2, None, INFO), op(3, "get", "x", "1", 10, 11)]
     assert check(never).verdict == VALID
@@ -72,11 +93,18 @@ def test_failed_operations_never_happened() -> None:
 
 
 def test_compare_and_set() -> None:
-    ok = [op(1, "put", "x", "1", 0, 1), op(2, "cas", "x", "2", 2, 3, expect="1", succeeded=True),
-          op(3, "cas", "x", "3", 4, 5, expect="1", succeeded=False), op(3, "get", "x", "2", 6, 7)]  # fmt: skip
+    ok = [
+        op(1, "put", "x", "1", 0, 1),
+        op(2, "cas", "x", "2", 2, 3, expect="1", succeeded=True),
+        op(3, "cas", "x", "3", 4, 5, expect="1", succeeded=False),
+        op(3, "get", "x", "2", 6, 7),
+    ]
     assert check(ok).verdict == VALID
-    bad = [op(1, "put", "x", "1", 0, 1), op(2, "cas", "x", "2", 2, 3, expect="1", succeeded=True),
-           op(3, "cas", "x", "3", 4, 5, expect="1", succeeded=True)]  # fmt: skip
+    bad = [
+        op(1, "put", "x", "1", 0, 1),
+        op(2, "cas", "x", "2", 2, 3, expect="1", succeeded=True),
+        op(3, "cas", "x", "3", 4, 5, expect="1", succeeded=True),
+    ]
     assert check(bad).verdict == INVALID
     absent = [op(1, "cas", "y", "a", 0, 1, expect=None, succeeded=True), op(2, "get", "y", "a", 2, 3)]
     assert check(absent).verdict == VALID
@@ -102,8 +130,9 @@ def generate(n_ops: int, clients: int, keys: int, seed: int) -> list[Op]:
         elif r < 0.9:
             o = Op(i, c, "get", k, invoke=start, complete=end, outcome=OK)
         else:
-            o = Op(i, c, "cas", k, f"v{i}", expect=f"v{rng.randrange(max(1, i))}", invoke=start, complete=end,
-                   outcome=OK)  # fmt: skip
+            o = Op(
+                i, c, "cas", k, f"v{i}", expect=f"v{rng.randrange(max(1, i))}", invoke=start, complete=end, outcome=OK
+            )
         pending.append((lin, i, o))
     for _lin, _, o in sorted(pending):
         if o.kind == "put":

@@ -22,8 +22,14 @@ from tests.procs import free_port_block
 
 
 def orchestrate(cwd: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def tree(p: Path) -> list[str]:
@@ -162,13 +168,26 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     """`orchestrate check history | head -1`: the reader leaves early; no traceback, SIGPIPE's status."""
     hist = tmp_path / "history.jsonl"
     ops = [
-        {"id": i, "client": i % 4, "kind": "put", "key": f"k{i % 50}", "value": str(i), "outcome": "ok",
-         "invoke": i * 0.01, "complete": i * 0.01 + 0.005}
+        {
+            "id": i,
+            "client": i % 4,
+            "kind": "put",
+            "key": f"k{i % 50}",
+            "value": str(i),
+            "outcome": "ok",
+            "invoke": i * 0.01,
+            "complete": i * 0.01 + 0.005,
+        }
         for i in range(2000)
-    ]  # fmt: skip
+    ]
     hist.write_text("".join(json.dumps(o) + "\n" for o in ops))
-    p = subprocess.Popen([sys.executable, "-m", "orchestrator", "check", str(hist), "-w", "json"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    p = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "check", str(hist), "-w", "json"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()  # like `head -1` exiting before the command writes
     err = p.stderr.read()
@@ -186,8 +205,18 @@ def test_a_failing_flag_after_a_good_up_config_leaves_no_lock(tmp_path: Path) ->
         s.bind(("127.0.0.1", port))
         s.listen()
         t0 = time.monotonic()
-        r = orchestrate(tmp_path, "--root", str(tmp_path / "state"), "up", "--nodes", "1", "--client-port",
-                        str(port), "--peer-port", str(port + 1))  # fmt: skip
+        r = orchestrate(
+            tmp_path,
+            "--root",
+            str(tmp_path / "state"),
+            "up",
+            "--nodes",
+            "1",
+            "--client-port",
+            str(port),
+            "--peer-port",
+            str(port + 1),
+        )
     assert_one_clear_line(r, f"n1 client port 127.0.0.1:{port}")
     assert time.monotonic() - t0 < 20
     assert tree(tmp_path) == [], "the refused up left a state dir or a .lock"

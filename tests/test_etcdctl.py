@@ -137,9 +137,15 @@ def _lease_flow(eps: list[str]) -> list[str]:
     m = re.search(r"lease ([0-9a-f]+) granted", g)
     assert m, g
     lid = m.group(1)
-    for args in (["put", "leased", "v", f"--lease={lid}"], ["lease", "timetolive", lid, "--keys"],
-                 ["lease", "keep-alive", "--once", lid], ["lease", "list"], ["lease", "revoke", lid],
-                 ["get", "leased"], ["lease", "timetolive", lid]):  # fmt: skip
+    for args in (
+        ["put", "leased", "v", f"--lease={lid}"],
+        ["lease", "timetolive", lid, "--keys"],
+        ["lease", "keep-alive", "--once", lid],
+        ["lease", "list"],
+        ["lease", "revoke", lid],
+        ["get", "leased"],
+        ["lease", "timetolive", lid],
+    ):
         out.append(etcdctl(eps, Step(args)))
     return out
 
@@ -177,13 +183,23 @@ async def test_watch_sees_writes_from_another_etcdctl(node_cluster: Callable[...
     cl = await _start(NodeProcs, node_cluster)
     env = {**os.environ, "ETCDCTL_API": "3"}
     eps = ",".join(cl.endpoints())
-    w = subprocess.Popen(["etcdctl", "--endpoints", eps, "watch", "w/", "--prefix", "--prev-kv"],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+    w = subprocess.Popen(
+        ["etcdctl", "--endpoints", eps, "watch", "w/", "--prefix", "--prev-kv"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     try:
         await asyncio.sleep(1.0)
         for args in (["put", "w/a", "1"], ["put", "w/a", "2"], ["del", "w/a"], ["put", "other", "x"]):
-            subprocess.run(["etcdctl", "--endpoints", cl.endpoint("n2"), *args], env=env, check=True,
-                           capture_output=True, timeout=10)  # fmt: skip
+            subprocess.run(
+                ["etcdctl", "--endpoints", cl.endpoint("n2"), *args],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=10,
+            )
         await asyncio.sleep(1.0)
     finally:
         w.terminate()

@@ -25,8 +25,20 @@ from tests.procs import REPO, free_port_block
 
 pytestmark = pytest.mark.skipif(shutil.which("etcdctl") is None, reason="etcdctl not installed (Debian: etcd-client)")
 
-SKIP = shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "build", "dist", ".quorumlab", "reports",
-                              ".pytest_cache", ".mypy_cache", ".ruff_cache", "*.pyc")  # fmt: skip
+SKIP = shutil.ignore_patterns(
+    ".venv",
+    ".git",
+    "__pycache__",
+    "*.egg-info",
+    "build",
+    "dist",
+    ".quorumlab",
+    "reports",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "*.pyc",
+)
 
 
 def files(root: Path) -> dict[str, tuple[int, int]]:
@@ -67,8 +79,15 @@ class Installed:
         self.env["PATH"] = f"{venv / 'bin'}{os.pathsep}{self.env.get('PATH', '')}"
 
     def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(self.venv / "bin" / args[0]), *args[1:]], cwd=self.work, env=self.env,
-                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.run(
+            [str(self.venv / "bin" / args[0]), *args[1:]],
+            cwd=self.work,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def orch(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run("orchestrate", "--name", "inst", *args)
@@ -82,8 +101,13 @@ class Installed:
 
 
 def etcdctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["etcdctl", "--endpoints", endpoint, "--command-timeout=5s", *args], capture_output=True,
-                          text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+    return subprocess.run(
+        ["etcdctl", "--endpoints", endpoint, "--command-timeout=5s", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
 
 
 def test_non_editable_install_runs_from_anywhere(tmp_path: Path) -> None:
@@ -92,13 +116,23 @@ def test_non_editable_install_runs_from_anywhere(tmp_path: Path) -> None:
     work.mkdir()
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     py = str(venv / "bin" / "python")
-    purelib = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    purelib = Path(
+        subprocess.run(
+            [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     # the project venv's dependencies, without its editable quorumlab (a .pth line adds a path, never runs hooks)
     (purelib / "zz_project_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     shutil.copytree(REPO, src, ignore=SKIP)
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-warn-script-location",
-                        str(src)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-warn-script-location", str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     shutil.rmtree(src)
     inst = Installed(venv, work)

@@ -135,8 +135,10 @@ class KVMachine(RuleBasedStateMachine):
         cur = self.m.cur.get(k)
         ok = cur is not None and cur.value == expect
         cmp = rpc_pb2.Compare(key=k, target=rpc_pb2.Compare.VALUE, result=rpc_pb2.Compare.EQUAL, value=expect)
-        succ = [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=k, value=v)),
-                rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=k))]  # fmt: skip
+        succ = [
+            rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=k, value=v)),
+            rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=k)),
+        ]
         fail = [rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=k2))]
         r = self.apply(OP_TXN, rpc_pb2.TxnRequest(compare=[cmp], success=succ, failure=fail))
         assert isinstance(r, rpc_pb2.TxnResponse)

@@ -562,8 +562,13 @@ async def test_disarms_in_a_row_recreate_the_reserve_one_at_a_time(driven: Make)
 
 
 def test_free_bytes_reads_the_data_dirs_filesystem(tmp_path: Path) -> None:
-    cfg = NodeConfig(name="n1", data_dir=tmp_path, listen_peer="127.0.0.1:1", listen_client="127.0.0.1:2",
-                     initial_cluster={"n1": "127.0.0.1:1"})  # fmt: skip
+    cfg = NodeConfig(
+        name="n1",
+        data_dir=tmp_path,
+        listen_peer="127.0.0.1:1",
+        listen_client="127.0.0.1:2",
+        initial_cluster={"n1": "127.0.0.1:1"},
+    )
     node = RaftNode(cfg, ListSM())
     free = node.free_bytes()
     st = os.statvfs(tmp_path)
@@ -606,8 +611,13 @@ def test_packing_a_large_snapshot_lets_other_threads_run() -> None:
 
 
 async def test_compactor_stop_waits_for_its_task(tmp_path: Path) -> None:
-    cfg = NodeConfig(name="n1", data_dir=tmp_path, listen_peer="127.0.0.1:1", listen_client="127.0.0.1:2",
-                     initial_cluster={"n1": "127.0.0.1:1"})  # fmt: skip
+    cfg = NodeConfig(
+        name="n1",
+        data_dir=tmp_path,
+        listen_peer="127.0.0.1:1",
+        listen_client="127.0.0.1:2",
+        initial_cluster={"n1": "127.0.0.1:1"},
+    )
     sm = KVStateMachine()
     comp = Compactor(RaftNode(cfg, sm), sm, Retention("revision", revisions=5))
     comp.start()

@@ -34,12 +34,29 @@ class Orch:
 
     def __call__(self, *args: str, stdin: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "orchestrator", "--root", str(self.root), "--name", self.name, *args]
-        return subprocess.run(cmd, cwd=self.cwd, capture_output=True, text=True, input=stdin, timeout=timeout,
-                              stdin=None if stdin is not None else subprocess.DEVNULL)  # fmt: skip
+        return subprocess.run(
+            cmd,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            input=stdin,
+            timeout=timeout,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
+        )
 
     def up(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        return self("up", "--client-port", str(self.client_port), "--peer-port", str(self.peer_port),
-                    "--heartbeat-ms", "50", "--election-ms", "500", *extra)  # fmt: skip
+        return self(
+            "up",
+            "--client-port",
+            str(self.client_port),
+            "--peer-port",
+            str(self.peer_port),
+            "--heartbeat-ms",
+            "50",
+            "--election-ms",
+            "500",
+            *extra,
+        )
 
     def status(self) -> dict[str, Any]:
         r = self("status", "-w", "json")
@@ -66,8 +83,11 @@ class Orch:
     def node_procs(self) -> list[int]:
         """Every live process whose command line names this cluster's state dir (whatever the state file says)."""
         mine = str(self.root / self.name) + "/"
-        return [p.pid for p in psutil.process_iter(["cmdline"])
-                if any(mine in a for a in (p.info["cmdline"] or [])) and p.pid != os.getpid()]  # fmt: skip
+        return [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if any(mine in a for a in (p.info["cmdline"] or [])) and p.pid != os.getpid()
+        ]
 
     def cleanup(self) -> None:
         self("down", "--purge", timeout=60)
@@ -131,8 +151,13 @@ def test_config_errors_name_file_line_and_field() -> None:
 def test_cli_reports_config_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("nodes: 3\nhosts: localhost\n")
-    r = subprocess.run([sys.executable, "-m", "orchestrator", "--config", str(bad), "status"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--config", str(bad), "status"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert f"{bad}:2: hosts: expected a non-empty list of hosts" in r.stderr
 
@@ -318,8 +343,9 @@ def test_lock_never_holds_a_directory_purged_while_it_waited(tmp_path: Path) -> 
         entered = threading.Event()
         held: list[bool] = []
 
-        def waiter(d: StateDir = d, create: bool = create, entered: threading.Event = entered,
-                   held: list[bool] = held) -> None:  # fmt: skip
+        def waiter(
+            d: StateDir = d, create: bool = create, entered: threading.Event = entered, held: list[bool] = held
+        ) -> None:
             with d.lock(create=create):
                 entered.set()
                 probe = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -379,16 +405,32 @@ def test_status_flags_nodes_that_disagree_with_the_state_file(orch: Callable[...
     cid = st["nodes"][0]["cluster_id"]
 
     # a voter added behind orchestrate's back: the quorum line still counts the state file's 3, with a warning
-    ml = subprocess.run(["etcdctl", "--endpoints", f"127.0.0.1:{o.client_port}", "member", "add", "x",
-                         f"--peer-urls=http://127.0.0.1:{o.peer_port + 7}"], capture_output=True, text=True,
-                        timeout=30, env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+    ml = subprocess.run(
+        [
+            "etcdctl",
+            "--endpoints",
+            f"127.0.0.1:{o.client_port}",
+            "member",
+            "add",
+            "x",
+            f"--peer-urls=http://127.0.0.1:{o.peer_port + 7}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
     if ml.returncode == 0:
         st = o.wait(lambda s: len(s["leader_voters"]) == 4)
         assert (st["n"], st["quorum"]) == (3, 2)
         assert any("counts voters" in w and "uses the state file's 3" in w for w in st["warnings"]), st["warnings"]
         xid = ml.stdout.split("Member ")[1].split()[0]
-        subprocess.run(["etcdctl", "--endpoints", f"127.0.0.1:{o.client_port}", "member", "remove", xid],
-                       capture_output=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        subprocess.run(
+            ["etcdctl", "--endpoints", f"127.0.0.1:{o.client_port}", "member", "remove", xid],
+            capture_output=True,
+            timeout=30,
+            env={**os.environ, "ETCDCTL_API": "3"},
+        )
         o.wait(lambda s: len(s["leader_voters"]) == 3)
 
     # n3's address now answers as a member of another cluster (its record points at another cluster's node)
@@ -466,10 +508,13 @@ def test_up_checks_one_cluster_and_every_configured_voter(tmp_path: Path) -> Non
         st.nodes[n] = NodeRecord(n, 30000 + i, 31000 + i)
     c._st = st
 
-    def view(ids: list[str], leader_voters: list[str], roles: tuple[str, ...] = ("leader", "follower", "follower")
-             ) -> ClusterView:  # fmt: skip
-        nodes = [NodeView(f"n{i + 1}", "running", role=r, cluster_id=cid) for i, (cid, r) in
-                 enumerate(zip(ids, roles, strict=True))]  # fmt: skip
+    def view(
+        ids: list[str], leader_voters: list[str], roles: tuple[str, ...] = ("leader", "follower", "follower")
+    ) -> ClusterView:
+        nodes = [
+            NodeView(f"n{i + 1}", "running", role=r, cluster_id=cid)
+            for i, (cid, r) in enumerate(zip(ids, roles, strict=True))
+        ]
         return ClusterView("u", "builtin", nodes, st.voter_names(), "n1", 2, leader_voters)
 
     c._check_one_cluster(view(["a", "a", "a"], ["n1", "n2", "n3"]))

@@ -79,8 +79,13 @@ def test_apply_refuses_space_while_nospace_is_active() -> None:
 async def test_guard_refuses_writes_while_the_disk_is_full(tmp_path: Path) -> None:
     """Between a full disk and the alarm being applied, writes are refused at once (reads are not)."""
     sm = KVStateMachine()
-    cfg = NodeConfig(name="n1", data_dir=tmp_path, listen_peer="127.0.0.1:1", listen_client="127.0.0.1:2",
-                     initial_cluster={"n1": "http://127.0.0.1:1"})  # fmt: skip
+    cfg = NodeConfig(
+        name="n1",
+        data_dir=tmp_path,
+        listen_peer="127.0.0.1:1",
+        listen_client="127.0.0.1:2",
+        initial_cluster={"n1": "http://127.0.0.1:1"},
+    )
     node = RaftNode(cfg, sm)  # not started: only its disk_full flag is used
     guard = SpaceGuard(node, sm, QUOTA)
     await guard.admit(rpc_pb2.PutRequest(key=b"k", value=b"v"))
@@ -105,8 +110,14 @@ def _unstarted_guard(tmp_path: Path, fail: list[BaseException]) -> tuple[SpaceGu
     """A SpaceGuard on an unstarted node whose propose applies to the state machine after a
     short delay (a Raft round trip); the first proposals raise the errors in `fail`."""
     sm = KVStateMachine()
-    cfg = NodeConfig(name="n1", data_dir=tmp_path, listen_peer="127.0.0.1:1", listen_client="127.0.0.1:2",
-                     initial_cluster={"n1": "http://127.0.0.1:1"}, request_timeout=2.0)  # fmt: skip
+    cfg = NodeConfig(
+        name="n1",
+        data_dir=tmp_path,
+        listen_peer="127.0.0.1:1",
+        listen_client="127.0.0.1:2",
+        initial_cluster={"n1": "http://127.0.0.1:1"},
+        request_timeout=2.0,
+    )
     node = RaftNode(cfg, sm)
     node.member_id = 7
     calls: list[int] = []
@@ -274,10 +285,24 @@ async def test_quota_flag_is_validated(tmp_path: object) -> None:
     from tests.procs import REPO
 
     r = subprocess.run(
-        [sys.executable, "-m", "node", "--name", "n1", "--data-dir", str(tmp_path), "--initial-cluster",
-         "n1=127.0.0.1:1", "--quota-backend-bytes", "lots"],
-        capture_output=True, text=True, timeout=30, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "--name",
+            "n1",
+            "--data-dir",
+            str(tmp_path),
+            "--initial-cluster",
+            "n1=127.0.0.1:1",
+            "--quota-backend-bytes",
+            "lots",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--quota-backend-bytes must be a whole number of bytes, not 'lots'" in lines[0]

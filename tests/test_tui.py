@@ -44,8 +44,14 @@ async def select(app: Dashboard, pilot: Pilot[int], name: str) -> None:
 
 @pytest.fixture
 async def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
-    cfg = replace(ClusterConfig(), name="tui", client_port=port_block(6), peer_port=port_block(6), heartbeat_ms=50,
-                  election_ms=500).with_nodes(3)  # fmt: skip
+    cfg = replace(
+        ClusterConfig(),
+        name="tui",
+        client_port=port_block(6),
+        peer_port=port_block(6),
+        heartbeat_ms=50,
+        election_ms=500,
+    ).with_nodes(3)
     c = Cluster(tmp_path, "tui")
     c.create(cfg)
     try:
