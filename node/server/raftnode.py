@@ -64,11 +64,12 @@ from node.raft import (
     Status,
 )
 from node.raft.types import DropReason
-from node.storage import DiskFull, DiskStorage, Meta, StorageError
+from node.storage import DiskFull, DiskStorage, StorageError
 
+from .bootstrap import new_identity
 from .interfaces import ConfigError, NodeConfig, NodeStorage, StateMachine
 from .loopmon import LoopMonitor
-from .members import Member, cluster_id, member_id, normalize_url
+from .members import Member, member_id
 from .membership import (
     Membership,
     attributes_payload,
@@ -181,7 +182,7 @@ class RaftNode:
             )
         fresh = rec.meta is None
         if fresh:
-            meta = await self._new_identity()
+            meta = await new_identity(cfg)
         else:
             assert rec.meta is not None
             meta = rec.meta
@@ -251,48 +252,6 @@ class RaftNode:
             len(rec.entries),
             rec.hard_state.commit,
         )
-
-    async def _new_identity(self) -> Meta:
-        cfg = self.cfg
-        if cfg.name not in cfg.initial_cluster:
-            raise ConfigError(f"--initial-cluster does not list this member's name {cfg.name!r}")
-        if normalize_url(cfg.initial_cluster[cfg.name]) != cfg.peer_url():
-            raise ConfigError(
-                f"--initial-cluster gives {cfg.name} peer URL {cfg.initial_cluster[cfg.name]}, "
-                f"but this member advertises {cfg.peer_url()}"
-            )
-        mid = member_id(cfg.peer_url(), cfg.initial_cluster_token)
-        if cfg.initial_cluster_state == "new":
-            ids = [member_id(u, cfg.initial_cluster_token) for u in cfg.initial_cluster.values()]
-            return Meta(cfg.name, mid, cluster_id(ids, cfg.initial_cluster_token))
-        if cfg.initial_cluster_state == "existing":
-            cid = await self._discover_cluster_id()
-            return Meta(cfg.name, mid, cid)
-        raise ConfigError(f"--initial-cluster-state must be new or existing, not {cfg.initial_cluster_state!r}")
-
-    async def _discover_cluster_id(self) -> int:
-        """Ask the existing members (over their peer port) which cluster we are joining."""
-        from .transport import discover
-
-        others = [u for n, u in self.cfg.initial_cluster.items() if n != self.cfg.name]
-        deadline = time.monotonic() + 10
-        last = ""
-        while time.monotonic() < deadline:
-            for u in others:
-                try:
-                    cid, members = await discover(u, self.cfg.peer_url())
-                except Exception as e:  # noqa: BLE001 - report the last reason below
-                    last = f"{u}: {e}"
-                    continue
-                mid = member_id(self.cfg.peer_url(), self.cfg.initial_cluster_token)
-                if mid not in members:
-                    raise ConfigError(
-                        f"the cluster at {u} has no member with peer URL {self.cfg.peer_url()}; add it first "
-                        "(etcdctl member add / orchestrate add)"
-                    )
-                return cid
-            await asyncio.sleep(0.3)
-        raise ConfigError(f"could not reach any existing member to join ({last})")
 
     async def stop(self, transfer: bool = True) -> None:
         """Graceful stop: hand leadership to the most caught-up voter first."""
