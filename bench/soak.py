@@ -139,6 +139,11 @@ class Orchestrate:
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
         self.env.pop("QUORUMLAB_HOME", None)
 
+    def secret(self) -> bytes | None:
+        """The cluster secret `orchestrate up` wrote: Admin status needs it."""
+        p = self.root / self.name / "peer.secret"
+        return p.read_bytes().strip() if p.exists() else None
+
     def run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         cmd = [
             sys.executable,
@@ -410,7 +415,7 @@ async def sample(orch: Orchestrate, t_rel: float) -> dict[str, Any]:
 
     async def one(name: str, d: dict[str, Any]) -> None:
         s: dict[str, Any] = {}
-        async with Client([d["endpoint"]], timeout=2.0) as c:
+        async with Client([d["endpoint"]], timeout=2.0, secret=orch.secret()) as c:
             try:
                 st = await c.admin_status(d["endpoint"], timeout=2.0)
                 for k in ("role", "term", "leader", "leader_changes", "applied", "snapshot_index", "last_index"):

@@ -56,6 +56,11 @@ class LocalBackend:
                 "the local network backend needs quorumlab's own nodes (engine builtin); for real etcd use "
                 "--net netns (root): partitions become iptables rules in network namespaces"
             )
+        if not cluster.st.fault_injection:
+            raise NetError(
+                f"cluster {cluster.st.name!r} was started without fault injection (fault_injection: false); "
+                "start it with fault injection on (the default) for the local network backend"
+            )
 
     async def apply(self, rules: list[NetRule]) -> None:
         payload = [r.to_admin() for r in rules]
@@ -126,7 +131,7 @@ class NetnsBackend:
         await asyncio.to_thread(self._apply_sync, [r for r in rules if r.action != "delay"])
         # iptables cannot delay; tc netem could but is missing on some kernels. Our own nodes
         # can add latency in their transport, so latency falls back to the local backend there.
-        if delays and not self.c.engine.fault_rules:
+        if delays and not (self.c.engine.fault_rules and self.c.st.fault_injection):
             raise NetError(
                 "added latency needs tc netem inside the namespaces (missing on this kernel) or quorumlab's "
                 "own nodes (engine builtin), which delay messages in their transport"

@@ -13,6 +13,7 @@ from pathlib import Path
 from node.api.server import ApiServer, PortInUse
 from node.kv import KVStateMachine
 from node.kv.retention import MODES, Retention, RetentionError, parse_retention
+from node.secret import SecretError, load_secret
 from node.server.members import parse_initial_cluster
 from node.server.raftnode import ConfigError, NodeConfig, RaftNode
 from node.storage.disk import StorageError
@@ -38,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-count", type=int, default=10_000, help="entries applied between snapshots")
     p.add_argument("--snapshot-catchup-entries", type=int, default=5_000, help="entries kept after a snapshot")
     p.add_argument("--enable-fault-injection", action="store_true", help="serve the fault-rule API (chaos)")
+    p.add_argument(
+        "--peer-auth-file",
+        type=Path,
+        default=None,
+        help="file (mode 0600) holding the cluster secret: peers must prove they know it before any Raft "
+        "frame, and Admin calls must carry a token derived from it; without it peers and Admin are open",
+    )
     p.add_argument(
         "--no-fast-failover",
         dest="fast_failover",
@@ -75,6 +83,12 @@ def check_flags(args: argparse.Namespace) -> str | None:
         args.quota = int(args.quota_backend_bytes)
     except ValueError:
         return f"--quota-backend-bytes must be a whole number of bytes, not {args.quota_backend_bytes!r}"
+    args.peer_secret = None
+    if args.peer_auth_file is not None:
+        try:
+            args.peer_secret = load_secret(args.peer_auth_file.absolute())
+        except SecretError as e:
+            return str(e)
     return None
 
 
@@ -106,6 +120,7 @@ async def serve(args: argparse.Namespace) -> int:
         snapshot_count=args.snapshot_count,
         snapshot_catchup_entries=args.snapshot_catchup_entries,
         enable_fault_injection=args.enable_fault_injection,
+        peer_secret=args.peer_secret,
         fast_failover=args.fast_failover,
     )
     sm = KVStateMachine()

@@ -25,6 +25,7 @@ import grpc
 from node.errors import EtcdError, lookup
 from node.errors import Reason as Reason  # re-exported: what callers of the client classify by
 from node.pb import admin_pb2, admin_pb2_grpc, kv_pb2, rpc_pb2, rpc_pb2_grpc
+from node.secret import ADMIN_METADATA_KEY, admin_token
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 2**31 - 1),
@@ -90,9 +91,11 @@ def _strip(ep: str) -> str:
 
 
 class Client:
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, secret: bytes | None = None) -> None:
+        """secret: the cluster's (its state dir's peer.secret); Admin calls then carry the token derived from it."""
         if not endpoints:
             raise ValueError("no endpoints given")
+        self._admin_md = ((ADMIN_METADATA_KEY, admin_token(secret)),) if secret is not None else None
         self.endpoints = [_strip(e) for e in endpoints]
         self.timeout = timeout
         self._conns: dict[str, _Conn] = {}
@@ -297,7 +300,8 @@ class Client:
         """One call to this endpoint, no failover: the caller asked about this node."""
         try:
             stub = getattr(self._conn(_strip(endpoint)), service)
-            return await getattr(stub, method)(req, timeout=timeout or self.timeout)
+            md = self._admin_md if service == "admin" else None
+            return await getattr(stub, method)(req, timeout=timeout or self.timeout, metadata=md)
         except grpc.aio.AioRpcError as e:
             raise ClientError(e.code(), e.details() or "", endpoint) from None
 

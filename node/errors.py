@@ -77,6 +77,11 @@ class Reason(enum.Enum):
         "quorumlab: fault injection is not enabled on this node (start it with --enable-fault-injection)",
     )
     DOWNGRADE_UNSUPPORTED = (_C.UNIMPLEMENTED, "quorumlab: downgrade is not supported")
+    ADMIN_UNAUTHENTICATED = (
+        _C.UNAUTHENTICATED,
+        "quorumlab: the Admin service needs the cluster's credential (the token derived from --peer-auth-file)",
+    )
+    ADMIN_DENIED = (_C.PERMISSION_DENIED, "quorumlab: wrong Admin credential for this cluster")
     # no fixed text: the text travels with the error
     INVALID_FAULT_RULE = (_C.INVALID_ARGUMENT, "")  # node.faults.FaultRuleError's message
     UNREACHABLE = (_C.UNAVAILABLE, "")  # client side: the request never reached a server (see node.client)

@@ -93,6 +93,7 @@ UP_FLAGS = {  # `up` flag (argparse dest) -> ClusterConfig field: validated by t
     "compaction_mode": "compaction_mode",
     "compaction_retention": "compaction_retention",
     "quota_backend_bytes": "quota_backend_bytes",
+    "fault_injection": "fault_injection",
     "name": "name",
 }
 
@@ -340,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--quota-backend-bytes",
         type=ft("quota_backend_bytes"),
         help="NOSPACE alarm past this keyspace size: bytes or 256MiB (default 256MiB)",
+    )
+    up.add_argument(
+        "--no-fault-injection",
+        dest="fault_injection",
+        action="store_const",
+        const=False,
+        default=None,
+        help="builtin nodes without the fault-rule API (then no local-backend chaos; default: on)",
     )
     up.add_argument("--tui", action="store_true", help="open the dashboard once the cluster is up")
     up.add_argument("--quiet", "-q", action="store_true")

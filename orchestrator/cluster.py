@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node.client import Client, ClientError, Reason
+from node.secret import SecretError
 
 from . import targets
 from .config import ClusterConfig
@@ -95,9 +96,17 @@ class Cluster:
     def engine(self) -> Engine:
         return engine_for(self.st.engine)
 
+    @property
+    def secret(self) -> bytes | None:
+        """The cluster secret Admin calls prove themselves with (None: the cluster has none)."""
+        try:
+            return self.dir.secret()
+        except SecretError as e:
+            raise OrchestrateError(str(e)) from None
+
     def client(self, names: list[str] | None = None, timeout: float = 3.0) -> Client:
         names = names or self.st.live_names()
-        return Client([self.st.nodes[n].endpoint for n in names], timeout=timeout)
+        return Client([self.st.nodes[n].endpoint for n in names], timeout=timeout, secret=self.secret)
 
     def running(self) -> list[str]:
         return [n for n in self.st.live_names() if self.launcher.state(self.st.nodes[n]) != "stopped"]
@@ -135,6 +144,7 @@ class Cluster:
             compaction_mode=cfg.compaction_mode,
             compaction_retention=cfg.retention,
             quota_backend_bytes=cfg.quota_backend_bytes,
+            fault_injection=cfg.fault_injection,
         )
         for name in cfg.nodes:
             host = cfg.host_of(name)
@@ -211,6 +221,8 @@ class Cluster:
         rec = st.nodes[name]
         data = self.dir.data_dir(name)  # on a restart both engines ignore cluster_state: the data decides
         cmd = self.engine.command(st, rec, data, cluster_state, members or st.live_names(), sys.executable)
+        if self.engine.peer_auth:
+            cmd += ["--peer-auth-file", str(self.dir.ensure_secret())]
         # the node runs in its own data dir with absolute paths: never in the repo or the user's cwd
         try:
             rec.pid, rec.create_time = self.launcher.start(cmd, self.dir.log_file(name), data, rec.netns)
@@ -262,6 +274,7 @@ class Cluster:
         for n in started:
             shutil.rmtree(self.dir.data_dir(n), ignore_errors=True)
         self.dir.file.unlink(missing_ok=True)
+        self.dir.secret_file.unlink(missing_ok=True)
         self.dir.remove_if_empty()
         self._st = None
         logs = self.dir.path / "logs"
@@ -543,7 +556,7 @@ class Cluster:
         rec = self.record(name)
         t0 = time.monotonic()
         deadline = t0 + timeout
-        async with Client([rec.endpoint], timeout=1.0) as c:
+        async with Client([rec.endpoint], timeout=1.0, secret=self.secret) as c:
             while True:
                 if self.launcher.process(rec) is None:
                     code = self.launcher.exit_code(rec)

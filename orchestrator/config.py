@@ -75,6 +75,9 @@ class ClusterConfig:
     compaction_mode: str = DEFAULT_COMPACTION_MODE
     compaction_retention: str = ""  # "" = the mode's default (10000 revisions, or 1h when periodic)
     quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    # builtin nodes serve the fault-rule API (chaos, experiments, the dashboard's fault keys); every
+    # Admin call needs the cluster's credential either way
+    fault_injection: bool = True
     source: str = "<defaults>"
 
     @property
@@ -165,6 +168,12 @@ def v_log_level(v: Any) -> str:
     return _one_of(v, LOG_LEVELS)
 
 
+def v_fault_injection(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise FieldError(f"expected true or false, got {v!r}")
+    return v
+
+
 def v_data_dir(v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise FieldError(f"expected a directory path, got {v!r}")
@@ -251,6 +260,7 @@ FIELDS = {
         Field("compaction_mode", "compaction.mode", "--auto-compaction-mode", v_compaction_mode),
         Field("compaction_retention", "compaction.retention", "--auto-compaction-retention", v_compaction_retention),
         Field("quota_backend_bytes", "quota_backend_bytes", "--quota-backend-bytes", v_quota_backend_bytes),
+        Field("fault_injection", "fault_injection", "--no-fault-injection", v_fault_injection),
     )
 }
 
@@ -394,6 +404,7 @@ TOP_KEYS = (
     "snapshot_count",
     "compaction",
     "quota_backend_bytes",
+    "fault_injection",
     "data_dir",
     "log_level",
 )
@@ -411,7 +422,8 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
         return ClusterConfig(source=src)
     top = _mapping(src, root, "", TOP_KEYS)
     kw: dict[str, Any] = {"source": src}
-    for attr in ("name", "engine", "network", "log_level", "data_dir", "snapshot_count", "quota_backend_bytes"):
+    top_fields = ("name", "engine", "network", "log_level", "data_dir", "snapshot_count", "quota_backend_bytes")
+    for attr in (*top_fields, "fault_injection"):
         if FIELDS[attr].key in top:
             kw[attr] = _field(src, top[FIELDS[attr].key], attr)
     if "nodes" in top:

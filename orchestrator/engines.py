@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from node.client import Client
+from node.client import Client, ClientError, Reason
+from node.pb import rpc_pb2
 
 from .state import ClusterState, NodeRecord
 from .views import NodeView
@@ -35,6 +36,9 @@ class Engine(Protocol):
     # The node keeps fault rule tables of its own (node/faults.py, set over the Admin API): chaos's
     # local backend and its latency need them.
     fault_rules: bool
+    # The node takes --peer-auth-file (the cluster secret): peers authenticate and Admin needs the
+    # credential. Real etcd cannot use it.
+    peer_auth: bool
 
     def command(
         self, st: ClusterState, rec: NodeRecord, data_dir: Path, cluster_state: str, members: list[str], python: str
@@ -83,11 +87,16 @@ def _limits(st: ClusterState) -> list[str]:
 
 
 class BuiltinEngine:
-    """Our node: `python -m node`, with fault injection on; status from the Admin service."""
+    """Our node: `python -m node`; status from the Admin service.
+
+    Fault injection is on unless the cluster says `fault_injection: false` (chaos, experiments and
+    the dashboard's keys need it): safe, because every Admin call needs the cluster's credential
+    (--peer-auth-file)."""
 
     name = "builtin"
     reports_membership = True
     fault_rules = True
+    peer_auth = True
 
     def command(
         self, st: ClusterState, rec: NodeRecord, data_dir: Path, cluster_state: str, members: list[str], python: str
@@ -99,11 +108,18 @@ class BuiltinEngine:
             *_cluster_flags(st, members, cluster_state),
             *_flags(("--log-level", st.log_level)),
             *_limits(st),
-            "--enable-fault-injection",
+            *(["--enable-fault-injection"] if st.fault_injection else []),
         ]
 
     async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:
-        s = await c.admin_status(rec.endpoint, timeout=0.8)
+        try:
+            s = await c.admin_status(rec.endpoint, timeout=0.8)
+        except ClientError as e:
+            if e.reason not in (Reason.ADMIN_UNAUTHENTICATED, Reason.ADMIN_DENIED):
+                raise
+            # not our credential: a node of another cluster at this address; etcd's public Status names it
+            await _public_status(c, rec, v, ids)
+            return
         v.role, v.term, v.leader = s["role"], s["term"], s["leader"]
         v.commit, v.applied, v.member_id = s["commit"], s["applied"], s["id"]
         v.cluster_id = s.get("cluster_id", "")
@@ -123,12 +139,26 @@ class BuiltinEngine:
         await c.admin_status(rec.endpoint, timeout=1.0)
 
 
+async def _public_status(c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> rpc_pb2.StatusResponse:
+    """What etcd's Maintenance.Status tells anyone: ids, term, indexes, role and leader."""
+    s = await c.status(rec.endpoint)
+    v.member_id = f"{s.header.member_id:x}"
+    v.cluster_id = f"{s.header.cluster_id:x}"
+    v.term, v.commit, v.applied = s.raftTerm, s.raftIndex, s.raftAppliedIndex
+    v.role = "leader" if s.leader == s.header.member_id else ("follower" if s.leader else "no-leader")
+    v.leader = ids.get(f"{s.leader:x}", f"{s.leader:x}") if s.leader else ""
+    v.learner = s.isLearner
+    v.revision = s.header.revision
+    return s
+
+
 class EtcdEngine:
     """A real etcd binary from PATH; status from etcd's Maintenance.Status (no voter list in it)."""
 
     name = "etcd"
     reports_membership = False
     fault_rules = False
+    peer_auth = False
 
     def command(
         self, st: ClusterState, rec: NodeRecord, data_dir: Path, cluster_state: str, members: list[str], python: str
@@ -150,19 +180,11 @@ class EtcdEngine:
         ]
 
     async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:
-        s = await c.status(rec.endpoint)
-        mid = f"{s.header.member_id:x}"
-        v.member_id = mid
-        v.cluster_id = f"{s.header.cluster_id:x}"
+        s = await _public_status(c, rec, v, ids)
         # etcd lists active alarms in Status.errors ("memberID:… alarm:NOSPACE")
         v.alarms = sorted({e.rsplit("alarm:", 1)[-1] for e in s.errors if "alarm:" in e})
-        v.term, v.commit, v.applied = s.raftTerm, s.raftIndex, s.raftAppliedIndex
-        v.role = "leader" if s.leader == s.header.member_id else ("follower" if s.leader else "no-leader")
-        v.leader = ids.get(f"{s.leader:x}", f"{s.leader:x}") if s.leader else ""
-        v.learner = s.isLearner
-        v.revision = s.header.revision
-        if rec.member_id != mid:
-            rec.member_id = mid
+        if rec.member_id != v.member_id:
+            rec.member_id = v.member_id
 
     async def ping(self, c: Client, rec: NodeRecord) -> None:
         await c.status(rec.endpoint)

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.secret import load_secret, write_secret
+
 from .config import DEFAULT_COMPACTION_MODE, DEFAULT_COMPACTION_RETENTION, DEFAULT_QUOTA_BACKEND_BYTES
 
 
@@ -106,6 +108,7 @@ class ClusterState:
     compaction_mode: str = DEFAULT_COMPACTION_MODE
     compaction_retention: str = DEFAULT_COMPACTION_RETENTION
     quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    fault_injection: bool = True  # builtin nodes start with --enable-fault-injection (older state files: on)
     created: float = 0.0
     config_source: str = ""
     netns: NetnsPlacement | None = None  # set when the cluster runs with --net netns
@@ -185,6 +188,9 @@ class StateDir:
         self.root = Path(os.path.abspath(root))
         self.path = self.root / name
         self.file = self.path / "state.json"
+        # the cluster secret (node/secret.py), mode 0600: members prove they know it to each other
+        # and the orchestrator, chaos and the dashboard send a token derived from it to Admin
+        self.secret_file = self.path / "peer.secret"
         self.made_root = False  # this process created the root (so a purge may remove it when empty)
         self.made_path = False
 
@@ -196,6 +202,20 @@ class StateDir:
 
     def exists(self) -> bool:
         return self.file.exists()
+
+    def ensure_secret(self) -> Path:
+        """The secret file, created (0600) the first time a member that can use it starts."""
+        self.ensure()
+        if not self.secret_file.exists():
+            with contextlib.suppress(FileExistsError):  # another invocation made it first: use theirs
+                write_secret(self.secret_file)
+        return self.secret_file
+
+    def secret(self) -> bytes | None:
+        """The cluster secret for Admin calls; None for a cluster without one (etcd, or made before it existed)."""
+        if not self.secret_file.exists():
+            return None
+        return load_secret(self.secret_file)  # SecretError when unusable (say, chmod'ed open)
 
     def ensure(self) -> None:
         if not self.root.exists():
@@ -279,6 +299,7 @@ class StateDir:
             tmp.unlink(missing_ok=True)
         had_state = self.exists()
         self.file.unlink(missing_ok=True)
+        self.secret_file.unlink(missing_ok=True)
         for d in (self.path / "data", self.path / "logs", self.path):
             _rmdir_if_empty(d)
         if made_root:

@@ -32,8 +32,12 @@ class NodeProcs:
         election_ms: int = 500,
         token: str = "test",
         extra: list[str] | None = None,
+        secret: bytes | None = None,
     ) -> None:
+        """secret: started with --peer-auth-file holding it (a 0600 file in base); Admin calls send it."""
         self.base = base
+        self.secret = secret
+        self.secret_file = base / "peer.secret"
         self.names = [f"n{i}" for i in range(1, n + 1)]
         ports = free_ports(2 * n)
         self.client = {name: ports[i] for i, name in enumerate(self.names)}
@@ -74,10 +78,16 @@ class NodeProcs:
             "--election-timeout",
             str(self.election_ms),
             "--enable-fault-injection",
+            *(["--peer-auth-file", str(self.secret_file)] if self.secret is not None else []),
             *self.extra,
         ]
 
     def start(self, name: str, state: str = "new", initial: str | None = None, extra: list[str] | None = None) -> None:
+        if self.secret is not None and not self.secret_file.exists():
+            self.base.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.secret)
         log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child, closed below
         self.procs[name] = subprocess.Popen(
             self.args(name, state, initial) + (extra or []),
@@ -119,11 +129,11 @@ class NodeProcs:
 
     # -- async helpers -------------------------------------------------------------------
     def client_for(self, names: list[str] | None = None, timeout: float = 3.0) -> Client:
-        return Client(self.endpoints(names), timeout=timeout)
+        return Client(self.endpoints(names), timeout=timeout, secret=self.secret)
 
     async def statuses(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        async with Client(self.endpoints(), timeout=1.0) as c:
+        async with Client(self.endpoints(), timeout=1.0, secret=self.secret) as c:
             for n in names or self.names:
                 if not self.alive(n):
                     continue

@@ -1,19 +1,31 @@
-"""quorumlab.v1.Admin: our own status and fault rules, invisible to etcd clients."""
+"""quorumlab.v1.Admin: our own status and fault rules, invisible to etcd clients.
+
+On a node started with --peer-auth-file every call, Status included (it names member and cluster
+ids, peers and fault rules), needs the cluster's credential: gRPC metadata `quorumlab-admin-token`
+holding a token derived from the secret (node/secret.py). A derived token rather than the secret,
+so a token seen on an unencrypted wire lets nobody speak Raft. etcd's Maintenance.Status stays
+the public liveness check. Without a secret the service is open, as before.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
 from node.errors import EtcdError, Reason
 from node.faults import FaultRuleError, Rule, make_rule
 from node.pb import admin_pb2, admin_pb2_grpc, rpc_pb2
+from node.secret import ADMIN_METADATA_KEY, admin_token, same
 from node.server.raftnode import RaftNode
 
 from .context import Ctx, grpc_errors
+
+T = TypeVar("T")
 
 
 def _rules_pb(rules: list[Rule]) -> admin_pb2.FaultRules:
@@ -80,11 +92,34 @@ def node_status(node: RaftNode) -> dict[str, Any]:
     }
 
 
+def _admin_only(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Refuse the call unless it carries this cluster's Admin token (when the node has a secret)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: AdminService, request: Any, context: grpc.aio.ServicerContext) -> T:
+        self.check_credential(context)
+        return await fn(self, request, context)
+
+    return wrapper
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
+        secret = ctx.node.cfg.peer_secret
+        self._token = admin_token(secret) if secret is not None else None
+
+    def check_credential(self, context: grpc.aio.ServicerContext) -> None:
+        if self._token is None:
+            return
+        sent = dict(context.invocation_metadata() or ()).get(ADMIN_METADATA_KEY)
+        if not isinstance(sent, str) or not sent:
+            raise EtcdError(Reason.ADMIN_UNAUTHENTICATED)
+        if not same(sent, self._token):
+            raise EtcdError(Reason.ADMIN_DENIED)
 
     @grpc_errors
+    @_admin_only
     async def Status(
         self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.StatusReply:
@@ -116,24 +151,28 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise EtcdError(Reason.INVALID_FAULT_RULE, str(e)) from e
 
     @grpc_errors
+    @_admin_only
     async def SetFaults(self, request: admin_pb2.FaultRules, context: grpc.aio.ServicerContext) -> admin_pb2.FaultRules:
         t = self._table()
         t.set(self._parse(request))
         return _rules_pb(t.rules())
 
     @grpc_errors
+    @_admin_only
     async def AddFaults(self, request: admin_pb2.FaultRules, context: grpc.aio.ServicerContext) -> admin_pb2.FaultRules:
         t = self._table()
         t.add(self._parse(request))
         return _rules_pb(t.rules())
 
     @grpc_errors
+    @_admin_only
     async def ListFaults(
         self, request: admin_pb2.FaultRulesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.FaultRules:
         return _rules_pb(self._table().rules())
 
     @grpc_errors
+    @_admin_only
     async def ClearFaults(
         self, request: admin_pb2.FaultRulesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.FaultRules:
@@ -142,6 +181,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return _rules_pb(t.rules())
 
     @grpc_errors
+    @_admin_only
     async def Campaign(
         self, request: admin_pb2.CampaignRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.StatusReply:

@@ -14,7 +14,8 @@ import msgpack
 from node.raft import ConfState, Entry, EntryType, Message, MsgType, Snapshot
 
 FRAME = struct.Struct(">I")
-MAX_FRAME = 64 << 20  # snapshots travel in chunks well below this
+MAX_FRAME = 16 << 20  # a frame bigger than this closes the connection: batches and snapshot chunks stay far below
+MAX_HELLO_FRAME = 4096  # before a peer has proved itself, nothing bigger than a hello is read
 
 # frame kinds
 F_HELLO = 0  # [F_HELLO, cluster_id, from_id, to_id]
@@ -22,6 +23,9 @@ F_MSGS = 1  # [F_MSGS, [message, ...]]
 F_SNAP_CHUNK = 2  # [F_SNAP_CHUNK, total, chunk, message-or-None (on the last chunk)]
 F_REFUSE = 3  # [F_REFUSE, reason]
 F_DISCOVER = 4  # [F_DISCOVER, peer_url] -> [F_DISCOVER, cluster_id, [member ids]] (joining a cluster)
+# With a cluster secret, before anything else (node/secret.py): client [F_AUTH, nonce_c], server
+# [F_AUTH, nonce_s], client [F_AUTH, mac("client")], server [F_AUTH, mac("server")]
+F_AUTH = 5
 
 
 class CodecError(Exception):
@@ -32,9 +36,16 @@ def snap_to_wire(s: Snapshot, with_data: bool = True) -> list[Any]:
     return [s.index, s.term, sorted(s.conf.voters), sorted(s.conf.learners), s.data if with_data else b""]
 
 
+def _bytes(x: Any) -> bytes:
+    """Only real bytes: bytes(n) of an int n would allocate n zero bytes on a peer's say-so."""
+    if not isinstance(x, bytes):
+        raise TypeError(f"expected bytes, got {type(x).__name__}")
+    return x
+
+
 def snap_from_wire(v: list[Any]) -> Snapshot:
     idx, term, voters, learners, data = v
-    return Snapshot(int(idx), int(term), ConfState(frozenset(voters), frozenset(learners)), bytes(data))
+    return Snapshot(int(idx), int(term), ConfState(frozenset(voters), frozenset(learners)), _bytes(data))
 
 
 def msg_to_wire(m: Message, with_snapshot_data: bool = True) -> list[Any]:
@@ -65,12 +76,12 @@ def msg_from_wire(v: list[Any]) -> Message:
             term=int(term),
             log_term=int(log_term),
             index=int(index),
-            entries=[Entry(int(i), int(tm), EntryType(ty), bytes(d)) for i, tm, ty, d in ents],
+            entries=[Entry(int(i), int(tm), EntryType(ty), _bytes(d)) for i, tm, ty, d in ents],
             commit=int(commit),
             reject=bool(reject),
             reject_hint=int(hint),
             snapshot=snap_from_wire(snap) if snap is not None else None,
-            context=bytes(ctx),
+            context=_bytes(ctx),
         )
     except (ValueError, TypeError) as e:
         raise CodecError(f"malformed raft message: {e}") from e

@@ -63,6 +63,9 @@ class NodeConfig:
     # it the first write after the disarm would fill it again
     disk_free_margin: int = 1 << 20
     enable_fault_injection: bool = False
+    # the cluster secret (--peer-auth-file): peers and Admin callers must prove they know it; None = open
+    peer_secret: bytes | None = None
+    snapshot_limit: int = 4 << 30  # an incoming snapshot bigger than this closes its connection
     request_timeout: float = 5.0
     pre_vote: bool = True
     fast_failover: bool = True

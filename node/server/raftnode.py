@@ -235,6 +235,9 @@ class RaftNode:
             on_unreachable=lambda pid, m: self._post(lambda: self._report_unreachable(pid)),
             on_snapshot_sent=lambda pid, ok: self._post(lambda: self._report_snapshot(pid, ok)),
             member_ids=lambda: sorted(set(self.members) | self._raft().member_ids()),
+            secret=cfg.peer_secret,
+            spool_dir=cfg.data_dir,
+            snapshot_limit=cfg.snapshot_limit,
         )
         await self.transport.listen(cfg.listen_peer)
         self._sync_peers()

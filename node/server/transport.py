@@ -1,7 +1,14 @@
 """Peer transport: one outbound TCP stream per peer, batched length-prefixed msgpack frames.
 
+* With a cluster secret (--peer-auth-file), both sides of every connection first prove they
+  know it (challenge-response, node/secret.py) before any other frame, DISCOVER included; a
+  stranger gets the connection closed and one (rate-limited) log line, and learns nothing.
 * A hello frame carries the cluster id and both member ids; a node of another
   cluster (or a message for another member) is refused and the refusal logged.
+* Bounded: a frame over MAX_FRAME (MAX_HELLO_FRAME before the hello) closes the connection;
+  at most MAX_UNPROVEN connections may be on their way through the hello; one snapshot per
+  peer arrives at a time, up to a size cap, spooled to an unlinked file in the data dir;
+  a malformed frame closes its connection with one log line.
 * Outbound queues are bounded; Raft tolerates loss, so a full queue drops and
   the peer is reported unreachable rather than blocking the Ready loop.
 * Snapshots travel in chunks so one large state never becomes one huge frame.
@@ -16,13 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import tempfile
+import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from node.faults import FaultTable
 from node.raft import Message, MsgType
+from node.secret import NONCE_BYTES, peer_mac, same
 
 from .codec import (
+    F_AUTH,
     F_DISCOVER,
     F_HELLO,
     F_MSGS,
@@ -30,6 +43,7 @@ from .codec import (
     F_SNAP_CHUNK,
     FRAME,
     MAX_FRAME,
+    MAX_HELLO_FRAME,
     CodecError,
     msg_from_wire,
     msg_to_wire,
@@ -42,6 +56,55 @@ log = logging.getLogger("quorumlab.transport")
 SNAP_CHUNK = 1 << 20
 QUEUE_LIMIT = 10_000
 BATCH_LIMIT = 512
+BATCH_BYTES = 4 << 20  # a batch frame is cut here, far below MAX_FRAME (one entry is at most ~1.5 MiB)
+HELLO_TIMEOUT = 5.0  # authentication and hello, from accept
+MAX_UNPROVEN = 64  # connections still in their hello; more are closed at once
+# twice etcd's default quota (2 GiB): a member's snapshot never comes near it, a flood stops there
+SNAPSHOT_LIMIT = 4 << 30
+MAC_BYTES = 32
+
+
+class AuthError(CodecError):
+    """The other side did not prove that it knows the cluster secret."""
+
+
+def _auth_value(frame: Any, size: int) -> bytes:
+    if not (isinstance(frame, list) and len(frame) == 2 and frame[0] == F_AUTH and isinstance(frame[1], bytes)):
+        raise AuthError("no authentication (a peer without the cluster secret, or with --peer-auth-file missing)")
+    if len(frame[1]) != size:
+        raise AuthError("malformed authentication frame")
+    return frame[1]
+
+
+async def authenticate_to(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
+    """Who connected: prove we know the secret, then make the server prove it too."""
+    nc = os.urandom(NONCE_BYTES)
+    try:
+        writer.write(pack([F_AUTH, nc]))
+        await writer.drain()
+        ns = _auth_value(await read_frame(reader, MAX_HELLO_FRAME), NONCE_BYTES)
+        writer.write(pack([F_AUTH, peer_mac(secret, b"client", nc, ns)]))
+        await writer.drain()
+        proof = _auth_value(await read_frame(reader, MAX_HELLO_FRAME), MAC_BYTES)
+    except asyncio.IncompleteReadError as e:
+        raise AuthError(
+            "the peer closed the connection during authentication (a different cluster secret, or none)"
+        ) from e
+    if not same(proof, peer_mac(secret, b"server", nc, ns)):
+        raise AuthError("the peer could not prove it knows the cluster secret")
+
+
+async def _authenticate_from(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
+    """Who accepted: the client proves itself first, so a stranger gets nothing but a nonce."""
+    nc = _auth_value(await read_frame(reader, MAX_HELLO_FRAME), NONCE_BYTES)
+    ns = os.urandom(NONCE_BYTES)
+    writer.write(pack([F_AUTH, ns]))
+    await writer.drain()
+    proof = _auth_value(await read_frame(reader, MAX_HELLO_FRAME), MAC_BYTES)
+    if not same(proof, peer_mac(secret, b"client", nc, ns)):
+        raise AuthError("wrong proof of the cluster secret")
+    writer.write(pack([F_AUTH, peer_mac(secret, b"server", nc, ns)]))
+    await writer.drain()
 
 
 def parse_hostport(addr: str) -> tuple[str, int]:
@@ -52,11 +115,15 @@ def parse_hostport(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def discover(peer_url: str, my_peer_url: str, timeout: float = 2.0) -> tuple[int, list[int]]:
+async def discover(
+    peer_url: str, my_peer_url: str, timeout: float = 2.0, secret: bytes | None = None
+) -> tuple[int, list[int]]:
     """Ask a member over its peer port which cluster it belongs to and who its members are."""
     host, port = parse_hostport(peer_url)
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     try:
+        if secret is not None:
+            await asyncio.wait_for(authenticate_to(reader, writer, secret), timeout)
         writer.write(pack([F_DISCOVER, my_peer_url]))
         await writer.drain()
         frame = await asyncio.wait_for(read_frame(reader), timeout)
@@ -67,12 +134,57 @@ async def discover(peer_url: str, my_peer_url: str, timeout: float = 2.0) -> tup
         writer.close()
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Any:
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> Any:
     head = await reader.readexactly(FRAME.size)
     (n,) = FRAME.unpack(head)
-    if n > MAX_FRAME:
-        raise CodecError(f"frame of {n} bytes exceeds the {MAX_FRAME} limit")
+    if n > limit:
+        raise CodecError(f"frame of {n} bytes exceeds the {limit}-byte limit")
     return unpack(await reader.readexactly(n))
+
+
+class _SnapshotRx:
+    """One snapshot arriving from one peer, spooled to an unlinked file so memory stays flat."""
+
+    def __init__(self, total: Any, limit: int, spool_dir: Path | None) -> None:
+        if not isinstance(total, int) or not 0 <= total <= limit:
+            raise CodecError(f"a snapshot of {total!r} bytes (the limit is {limit})")
+        self.total = total
+        self.received = 0
+        # without a data dir (unit tests) the bytes are held, still capped by `limit`
+        self.file: IO[bytes] | None = (
+            tempfile.TemporaryFile(dir=spool_dir) if spool_dir is not None else None  # noqa: SIM115 - close()
+        )
+        self.buf = bytearray()
+
+    async def add(self, total: Any, chunk: Any, meta: Any) -> Message | None:
+        """Take one chunk; the complete message once the last one arrived."""
+        if total != self.total or not isinstance(chunk, bytes):
+            raise CodecError("a snapshot chunk that does not belong to the transfer in progress")
+        self.received += len(chunk)
+        if self.received > self.total:
+            raise CodecError("snapshot larger than announced")
+        if chunk:
+            if self.file is not None:
+                await asyncio.to_thread(self.file.write, chunk)
+            else:
+                self.buf += chunk
+        if meta is None:
+            return None
+        m = msg_from_wire(meta)
+        if m.snapshot is None or self.received != self.total:
+            raise CodecError("incomplete snapshot")
+        m.snapshot.data = await asyncio.to_thread(self._read) if self.file is not None else bytes(self.buf)
+        return m
+
+    def _read(self) -> bytes:
+        assert self.file is not None
+        self.file.seek(0)
+        return self.file.read()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.buf = bytearray()
 
 
 class _Peer:
@@ -102,6 +214,8 @@ class _Peer:
                 host, port = parse_hostport(self.addr)
                 reader, w = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
                 writer = w
+                if self.t.secret is not None:
+                    await asyncio.wait_for(authenticate_to(reader, w, self.t.secret), HELLO_TIMEOUT)
                 w.write(pack([F_HELLO, self.t.cluster_id, self.t.member_id, self.id]))
                 await w.drain()
                 self.connected = True
@@ -148,14 +262,19 @@ class _Peer:
             while not self.queue.empty() and len(batch) < BATCH_LIMIT:
                 batch.append(self.queue.get_nowait())
             plain: list[Any] = []
+            size = 0
             for m in batch:
                 if m.type == MsgType.SNAP and m.snapshot is not None:
                     if plain:
                         writer.write(pack([F_MSGS, plain]))
-                        plain = []
+                        plain, size = [], 0
                     await self._send_snapshot(writer, m)
                 else:
                     plain.append(msg_to_wire(m))
+                    size += 64 + len(m.context) + sum(len(e.data) + 16 for e in m.entries)
+                    if size >= BATCH_BYTES:
+                        writer.write(pack([F_MSGS, plain]))
+                        plain, size = [], 0
             if plain:
                 writer.write(pack([F_MSGS, plain]))
             await writer.drain()
@@ -188,6 +307,9 @@ class Transport:
         on_unreachable: Callable[[int, Message], None] | None = None,
         on_snapshot_sent: Callable[[int, bool], None] | None = None,
         member_ids: Callable[[], list[int]] | None = None,
+        secret: bytes | None = None,
+        spool_dir: Path | None = None,
+        snapshot_limit: int = SNAPSHOT_LIMIT,
     ) -> None:
         self.member_id = member_id
         self.cluster_id = cluster_id
@@ -202,6 +324,13 @@ class Transport:
         self.server: asyncio.Server | None = None
         self.inbound: dict[int, int] = {}  # peer id -> open inbound streams
         self._conns: set[asyncio.StreamWriter] = set()
+        self.secret = secret  # None: no authentication, as before --peer-auth-file existed
+        self.spool_dir = spool_dir
+        self.snapshot_limit = snapshot_limit
+        self._unproven = 0
+        self._snapshots_from: set[int] = set()  # peers with a snapshot on its way in
+        self._refusal_logged = 0.0
+        self._refusals_quiet = 0
 
     async def listen(self, addr: str) -> None:
         host, port = parse_hostport(addr)
@@ -256,51 +385,96 @@ class Transport:
         p = self.peers.get(peer)
         return p is not None and p.connected
 
+    def _log_refusal(self, addr: Any, why: str) -> None:
+        """One line per refused stranger, at most one a second (a flood must not flood the log)."""
+        now = time.monotonic()
+        if now - self._refusal_logged < 1.0:
+            self._refusals_quiet += 1
+            return
+        more = f" ({self._refusals_quiet} more refused since the last line)" if self._refusals_quiet else ""
+        log.warning("refusing peer connection from %s: %s%s", addr, why, more)
+        self._refusal_logged, self._refusals_quiet = now, 0
+
+    async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+        """Authenticate (with a secret), then the first frame: a hello or a DISCOVER."""
+        if self.secret is not None:
+            await _authenticate_from(reader, writer, self.secret)
+        return await read_frame(reader, MAX_HELLO_FRAME)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = 0
+        addr = writer.get_extra_info("peername")
+        if self._unproven >= MAX_UNPROVEN:
+            self._log_refusal(addr, f"{MAX_UNPROVEN} connections are already on their way through the hello")
+            writer.close()
+            return
         self._conns.add(writer)
+        snap: _SnapshotRx | None = None
         try:
-            hello = await asyncio.wait_for(read_frame(reader), 5.0)
+            self._unproven += 1
+            try:
+                hello = await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT)
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, CodecError) as e:
+                self._log_refusal(addr, str(e) or type(e).__name__)
+                return
+            finally:
+                self._unproven -= 1
             if isinstance(hello, list) and len(hello) == 2 and hello[0] == F_DISCOVER:
                 writer.write(pack([F_DISCOVER, self.cluster_id, self._member_ids()]))
                 await writer.drain()
                 return
-            if not (isinstance(hello, list) and len(hello) == 4 and hello[0] == F_HELLO):
-                raise CodecError("expected a hello frame")
+            if isinstance(hello, list) and hello and hello[0] == F_AUTH:
+                self._log_refusal(addr, "the peer authenticates, but this node has no --peer-auth-file")
+                return
+            if not (
+                isinstance(hello, list)
+                and len(hello) == 4
+                and hello[0] == F_HELLO
+                and all(isinstance(x, int) for x in hello[1:])
+            ):
+                self._log_refusal(addr, "expected a hello frame")
+                return
             _, cid, frm, to = hello
             if cid != self.cluster_id or to != self.member_id:
-                why = (
-                    f"cluster {cid:x} member {to:x} is not this node "
-                    f"(cluster {self.cluster_id:x} member {self.member_id:x})"
+                # the refusal only echoes what the peer sent: it names none of this node's ids
+                log.warning(
+                    "refusing peer %x from %s: it wants member %x of cluster %x (this is member %x of cluster %x)",
+                    frm,
+                    addr,
+                    to,
+                    cid,
+                    self.member_id,
+                    self.cluster_id,
                 )
-                log.warning("refusing peer %x from %s: %s", frm, writer.get_extra_info("peername"), why)
-                writer.write(pack([F_REFUSE, why]))
+                writer.write(pack([F_REFUSE, f"this node is not member {to:x} of cluster {cid:x}"]))
                 await writer.drain()
                 return
             peer = int(frm)
             self.inbound[peer] = self.inbound.get(peer, 0) + 1
-            snap_buf = bytearray()
             me = self.names(self.member_id)
             while True:
                 frame = await read_frame(reader)
+                if not (isinstance(frame, list) and frame):
+                    raise CodecError("a frame that is not a list")
                 kind = frame[0]
-                if kind == F_MSGS:
+                if kind == F_MSGS and len(frame) == 2 and isinstance(frame[1], list):
                     msgs = [msg_from_wire(v) for v in frame[1]]
-                elif kind == F_SNAP_CHUNK:
+                elif kind == F_SNAP_CHUNK and len(frame) == 4:
                     _, total, chunk, meta = frame
-                    snap_buf += chunk
-                    if len(snap_buf) > total:
-                        raise CodecError("snapshot larger than announced")
-                    if meta is None:
+                    if snap is None:
+                        if peer in self._snapshots_from:
+                            raise CodecError("a second snapshot while one from this peer is still arriving")
+                        snap = _SnapshotRx(total, self.snapshot_limit, self.spool_dir)
+                        self._snapshots_from.add(peer)
+                    m = await snap.add(total, chunk, meta)
+                    if m is None:
                         continue
-                    m = msg_from_wire(meta)
-                    if m.snapshot is None or len(snap_buf) != total:
-                        raise CodecError("incomplete snapshot")
-                    m.snapshot.data = bytes(snap_buf)
-                    snap_buf = bytearray()
+                    snap.close()
+                    snap = None
+                    self._snapshots_from.discard(peer)
                     msgs = [m]
                 else:
-                    raise CodecError(f"unexpected frame kind {kind}")
+                    raise CodecError(f"unexpected frame kind {kind!r}")
                 if self.faults is not None:
                     src = self.names(peer)
                     msgs = [m for m in msgs if self.faults.verdict(src, me) is not None]
@@ -309,9 +483,14 @@ class Transport:
                         self.deliver(m)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
-        except CodecError as e:
-            log.warning("dropping connection from peer %x: %s", peer, e)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bad frame ends its connection with one line, never a traceback
+            log.warning("dropping connection from peer %x (%s): %s", peer, addr, str(e) or type(e).__name__)
         finally:
+            if snap is not None:
+                snap.close()
+                self._snapshots_from.discard(peer)
             self._conns.discard(writer)
             writer.close()
             if peer:

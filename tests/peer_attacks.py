@@ -1,0 +1,176 @@
+"""What a local process without the cluster's secret can try on a member's peer port.
+
+Raw sockets and the codec's own frame kinds, so the same attacks run against any version of the
+node (tests/test_security.py; the "before" figures of issue #11 ran them on the code before it).
+The attacker is as strong as it gets without the secret: it computes the member and cluster ids
+from the peer URLs and the token (as every founding member does) and reads term and log index
+through the client port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+from typing import Any
+
+import msgpack
+
+from node.raft import Entry, Message, MsgType
+from node.server.codec import F_DISCOVER, F_HELLO, F_MSGS, F_SNAP_CHUNK, msg_to_wire, pack
+from node.server.members import cluster_id, member_id
+
+OP_PUT = 1  # node/kv/apply.py
+K_APP = 1  # node/server/raftnode.py
+F_AUTH = 5  # node/server/codec.py (spelled out: older versions have no such frame)
+
+
+def ids(peer_urls: dict[str, str], token: str) -> tuple[int, dict[str, int]]:
+    """(cluster id, member id by name), computed as the founding members do."""
+    mids = {n: member_id(u, token) for n, u in peer_urls.items()}
+    return cluster_id(list(mids.values()), token), mids
+
+
+async def _open(port: int, fake_auth: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection; with fake_auth, first the authentication exchange with a proof made up at random
+    (a stranger who speaks the protocol but lacks the secret), whatever the node answers."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+    if fake_auth:
+        with contextlib.suppress(ConnectionError):
+            writer.write(pack([F_AUTH, os.urandom(32)]))
+            await writer.drain()
+            await read_reply(reader, 1.0)
+            writer.write(pack([F_AUTH, os.urandom(32)]))
+            await writer.drain()
+            await read_reply(reader, 1.0)
+    return reader, writer
+
+
+async def read_reply(reader: asyncio.StreamReader, timeout: float = 2.0) -> Any:
+    """The next frame the node sends, or None when it closes the connection (or says nothing)."""
+    try:
+        head = await asyncio.wait_for(reader.readexactly(4), timeout)
+        (n,) = struct.unpack(">I", head)
+        return msgpack.unpackb(await asyncio.wait_for(reader.readexactly(n), timeout), raw=False)
+    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+        return None
+
+
+async def discover(port: int, fake_auth: bool = False) -> Any:
+    reader, writer = await _open(port, fake_auth)
+    try:
+        writer.write(pack([F_DISCOVER, "http://127.0.0.1:1"]))
+        await writer.drain()
+        return await read_reply(reader)
+    finally:
+        writer.close()
+
+
+async def bad_hello(port: int, fake_auth: bool = False) -> Any:
+    """A hello for the wrong cluster and member: what does the refusal say?"""
+    reader, writer = await _open(port, fake_auth)
+    try:
+        writer.write(pack([F_HELLO, 1, 2, 3]))
+        await writer.drain()
+        return await read_reply(reader)
+    finally:
+        writer.close()
+
+
+def put_payload(key: bytes, value: bytes) -> bytes:
+    from node.pb import rpc_pb2
+
+    body = msgpack.packb([OP_PUT, rpc_pb2.PutRequest(key=key, value=value).SerializeToString()])
+    return msgpack.packb([0, 0, K_APP, body])
+
+
+async def send_msgs(port: int, cid: int, frm: int, to: int, msgs: list[Message], fake_auth: bool = False) -> Any:
+    """Hello as member `frm`, then the messages; returns what the node answered (None: closed/silent)."""
+    reader, writer = await _open(port, fake_auth)
+    try:
+        writer.write(pack([F_HELLO, cid, frm, to]))
+        writer.write(pack([F_MSGS, [msg_to_wire(m) for m in msgs]]))
+        await writer.drain()
+        return await read_reply(reader, 1.0)
+    except ConnectionError:
+        return None
+    finally:
+        writer.close()
+
+
+def forged_append(frm: int, to: int, term: int, last_index: int, log_term: int, key: bytes) -> Message:
+    """An AppendEntries at `term` that appends a PUT after last_index and commits it."""
+    e = Entry(last_index + 1, term, data=put_payload(key, b"forged"))
+    return Message(
+        MsgType.APP,
+        to=to,
+        frm=frm,
+        term=term,
+        log_term=log_term,
+        index=last_index,
+        entries=[e],
+        commit=last_index + 1,
+    )
+
+
+def forged_vote(frm: int, to: int, term: int) -> Message:
+    return Message(MsgType.VOTE, to=to, frm=frm, term=term, log_term=term, index=1 << 40)
+
+
+async def snapshot_flood(
+    port: int, cid: int, frm: int, to: int, mib: int, pid: int, fake_auth: bool = False
+) -> tuple[int, float]:
+    """Snapshot chunks that never end (1 MiB each): (MiB sent before the node closed, peak RSS of pid in MB)."""
+    _, writer = await _open(port, fake_auth)
+    peak = rss_mb(pid)
+    chunk = b"\0" * (1 << 20)
+    sent = 0
+    try:
+        writer.write(pack([F_HELLO, cid, frm, to]))
+        for _ in range(mib):
+            writer.write(pack([F_SNAP_CHUNK, 1 << 40, chunk, None]))
+            await asyncio.wait_for(writer.drain(), 5.0)
+            if writer.is_closing():
+                break
+            sent += 1
+            peak = max(peak, rss_mb(pid))
+    except (ConnectionError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return sent, peak
+
+
+async def big_frame(port: int, announce: int, send_mib: int, pid: int) -> tuple[int, float]:
+    """A frame header announcing `announce` bytes, then send_mib MiB of its body: (MiB sent, peak RSS in MB)."""
+    _, writer = await _open(port)
+    peak = rss_mb(pid)
+    chunk = b"\0" * (1 << 20)
+    sent = 0
+    try:
+        writer.write(struct.pack(">I", announce))
+        for _ in range(send_mib):
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 5.0)
+            if writer.is_closing():
+                break
+            sent += 1
+            peak = max(peak, rss_mb(pid))
+    except (ConnectionError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return sent, peak
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
