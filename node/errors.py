@@ -50,6 +50,7 @@ class Reason(enum.Enum):
     # InvalidArgument
     REQUEST_TOO_LARGE = (_C.INVALID_ARGUMENT, "etcdserver: request is too large")
     KEY_NOT_PROVIDED = (_C.INVALID_ARGUMENT, "etcdserver: key is not provided")
+    INVALID_SORT_OPTION = (_C.INVALID_ARGUMENT, "etcdserver: invalid sort option")
     TOO_MANY_OPS = (_C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
     DUPLICATE_KEY = (_C.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
     KEY_NOT_FOUND = (_C.INVALID_ARGUMENT, "etcdserver: key not found")

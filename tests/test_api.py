@@ -43,6 +43,33 @@ async def test_request_too_large_and_empty_key(node_cluster: Make) -> None:
         assert r.count == 0 and r.header.revision == 1
 
 
+async def test_unknown_sort_option_is_refused_and_never_reaches_the_log(node_cluster: Make) -> None:
+    """proto3 enums are open: a Txn whose range asks for sort target 7 must be refused before it is
+    proposed (as etcd's checkRangeRequest does); applied, it would stop every member."""
+    cl = await _cluster(node_cluster)
+    bad_range = rpc_pb2.RangeRequest(key=b"k", sort_target=7)  # type: ignore[arg-type]
+    txn = rpc_pb2.TxnRequest(
+        success=[
+            rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k", value=b"v")),
+            rpc_pb2.RequestOp(request_range=bad_range),
+        ]
+    )
+    async with cl.client_for() as c:
+        with pytest.raises(ClientError) as ei:
+            await c.txn(txn)
+        assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert str(ei.value) == "etcdserver: invalid sort option"
+        bad_order = rpc_pb2.RangeRequest(key=b"k", sort_order=9)  # type: ignore[arg-type]
+        with pytest.raises(ClientError) as ei:
+            await c.txn(rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=bad_order)]))
+        assert str(ei.value) == "etcdserver: invalid sort option"
+        await c.put("after", "ok")  # every member still serves
+        assert (await c.get("k")).count == 0
+    for name in cl.names:
+        async with cl.client_for([name]) as c:
+            assert (await c.get("after", serializable=True)).count == 1
+
+
 async def test_lease_expires_through_the_log_and_keepalive_via_follower(node_cluster: Make) -> None:
     cl = await _cluster(node_cluster)
     leader = await cl.wait_leader()

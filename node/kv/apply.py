@@ -60,8 +60,12 @@ _SORT_KEYS: dict[int, Callable[[KV], Any]] = {
 
 
 def sort_key(target: int) -> Callable[[KV], Any]:
-    """The key function for a RangeRequest's sort_target (shared by every read path)."""
-    return _SORT_KEYS[target]
+    """The key function for a RangeRequest's sort_target (shared by every read path).
+
+    validate_range refuses unknown targets before proposing; an entry already in a log from
+    before that check sorts by key instead of raising (apply must never raise on client input:
+    every member would apply the same entry and stop)."""
+    return _SORT_KEYS.get(target, _SORT_KEYS[rpc_pb2.RangeRequest.KEY])
 
 
 # -- validation before proposing --------------------------------------------------------
@@ -71,8 +75,11 @@ def validate_put(r: rpc_pb2.PutRequest) -> None:
 
 
 def validate_range(r: rpc_pb2.RangeRequest) -> None:
+    """etcd's checkRangeRequest: proto3 enums are open, so unknown sort values must be refused here."""
     if not r.key:
         raise EtcdError(Reason.KEY_NOT_PROVIDED)
+    if r.sort_order not in rpc_pb2.RangeRequest.SortOrder.values() or r.sort_target not in _SORT_KEYS:
+        raise EtcdError(Reason.INVALID_SORT_OPTION)
 
 
 def validate_delete(r: rpc_pb2.DeleteRangeRequest) -> None:
