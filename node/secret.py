@@ -36,12 +36,26 @@ def new_secret() -> str:
 
 
 def write_secret(path: Path) -> None:
-    """Create `path` (mode 0600, never over an existing file) holding a fresh secret."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(new_secret() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Create `path` (mode 0600, never over an existing file) holding a fresh secret.
+
+    Written to a temp file, fsync'd, then linked into place: the name appears only with the whole
+    secret behind it, so a full disk or a crash midway never leaves a short file that would refuse
+    every later start, and a concurrent writer that loses the link race reads a complete file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(new_secret() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # FileExistsError if someone else's secret got there first
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_secret(path: Path) -> bytes:
