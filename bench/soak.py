@@ -45,6 +45,7 @@ import grpc
 import psutil
 
 from node.client import Client, ClientError
+from orchestrator.state import StateDir
 
 from .common import median, pct
 
@@ -141,8 +142,7 @@ class Orchestrate:
 
     def secret(self) -> bytes | None:
         """The cluster secret `orchestrate up` wrote: Admin status needs it."""
-        p = self.root / self.name / "peer.secret"
-        return p.read_bytes().strip() if p.exists() else None
+        return StateDir(self.root, self.name).secret()  # the same permission and format checks as orchestrate
 
     def run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         cmd = [

@@ -20,9 +20,6 @@ class ConfigError(Exception):
     """The member cannot start with this configuration or data dir (not a request error: see node.errors)."""
 
 
-# the name node/__main__.py still catches; the gRPC-facing errors are node.errors.EtcdError now
-
-
 class StateMachine(Protocol):
     def apply(self, index: int, payload: bytes) -> Any: ...
     async def snapshot_async(self) -> bytes:
