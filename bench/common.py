@@ -16,9 +16,14 @@ from orchestrator.ports import port_block
 
 @contextlib.asynccontextmanager
 async def cluster(
-    engine: str, n: int = 3, heartbeat_ms: int = 100, election_ms: int = 1000, timeout: float = 60.0
+    engine: str,
+    n: int = 3,
+    heartbeat_ms: int = 100,
+    election_ms: int = 1000,
+    timeout: float = 60.0,
+    tls: bool = False,
 ) -> AsyncIterator[Cluster]:
-    """A fresh cluster in a temporary state dir; always torn down."""
+    """A fresh cluster in a temporary state dir (tls: client ports speak TLS, as `up --tls`); always torn down."""
     with tempfile.TemporaryDirectory(prefix=f"qlbench-{engine}-") as tmp:
         cfg = replace(
             ClusterConfig(),
@@ -28,6 +33,7 @@ async def cluster(
             peer_port=port_block(n + 2),
             heartbeat_ms=heartbeat_ms,
             election_ms=election_ms,
+            tls=tls,
         ).with_nodes(n)
         c = Cluster(Path(tmp), cfg.name)
         c.create(cfg)

@@ -19,17 +19,19 @@ import shutil
 import time
 from typing import Any
 
-from node.client import Client, ClientError
+from node.client import Client, ClientError, ClientTLS
 
 from .common import cluster, pct
 
 
-async def _load(endpoints: list[str], op: str, clients: int, seconds: float, size: int, seed: int) -> dict[str, Any]:
+async def _load(
+    endpoints: list[str], op: str, clients: int, seconds: float, size: int, seed: int, tls: ClientTLS | None
+) -> dict[str, Any]:
     value = os.urandom(size // 2).hex().encode()[:size]
     lat: list[float] = []
     errors = 0
     stop_at = time.monotonic() + seconds
-    conns = [Client([endpoints[i % len(endpoints)]], timeout=5.0) for i in range(min(clients, 8))]
+    conns = [Client([endpoints[i % len(endpoints)]], timeout=5.0, tls=tls) for i in range(min(clients, 8))]
 
     async def worker(i: int) -> None:
         nonlocal errors
@@ -56,13 +58,15 @@ async def _load(endpoints: list[str], op: str, clients: int, seconds: float, siz
     return {"ops": len(lat), "seconds": el, "lat": lat, "errors": errors}
 
 
-def _proc(args: tuple[list[str], str, int, float, int, int]) -> dict[str, Any]:
+def _proc(args: tuple[list[str], str, int, float, int, int, ClientTLS | None]) -> dict[str, Any]:
     return asyncio.run(_load(*args))
 
 
-def run_phase(endpoints: list[str], op: str, clients: int, seconds: float, size: int, procs: int) -> dict[str, Any]:
+def run_phase(
+    endpoints: list[str], op: str, clients: int, seconds: float, size: int, procs: int, tls: ClientTLS | None = None
+) -> dict[str, Any]:
     per = max(1, clients // procs)
-    jobs = [(endpoints, op, per, seconds, size, i) for i in range(procs)]
+    jobs = [(endpoints, op, per, seconds, size, i, tls) for i in range(procs)]
     ctx = mp.get_context("spawn")
     with ctx.Pool(procs) as pool:
         parts = pool.map(_proc, jobs)
@@ -78,13 +82,14 @@ def run_phase(endpoints: list[str], op: str, clients: int, seconds: float, size:
 
 
 async def bench_engine(engine: str, a: argparse.Namespace) -> dict[str, Any]:
-    async with cluster(engine, 3) as c:
+    async with cluster(engine, 3, tls=a.tls) as c:
         eps = [c.st.nodes[n].endpoint for n in c.st.live_names()]
+        tls = c.tls
         # prime the keys the get phase reads
-        run_phase(eps, "put", a.clients, 1.0, a.value_size, a.procs)
+        run_phase(eps, "put", a.clients, 1.0, a.value_size, a.procs, tls)
         out = {}
         for op in ("put", "get"):
-            out[op] = await asyncio.to_thread(run_phase, eps, op, a.clients, a.seconds, a.value_size, a.procs)
+            out[op] = await asyncio.to_thread(run_phase, eps, op, a.clients, a.seconds, a.value_size, a.procs, tls)
         return out
 
 
@@ -94,6 +99,7 @@ async def main_async(a: argparse.Namespace) -> dict[str, Any]:
         "value_size": a.value_size,
         "seconds": a.seconds,
         "procs": a.procs,
+        "tls": a.tls,
         "cpus": os.cpu_count(),
     }
     engines = ["builtin"] + (["etcd"] if shutil.which("etcd") and not a.builtin_only else [])
@@ -113,6 +119,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--procs", type=int, default=2, help="load generator processes")
     ap.add_argument("--builtin-only", action="store_true")
+    ap.add_argument("--tls", action="store_true", help="client ports speak TLS (as `orchestrate up --tls`)")
     a = ap.parse_args()
     print(json.dumps(asyncio.run(main_async(a)), indent=2))
 

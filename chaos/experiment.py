@@ -150,6 +150,7 @@ class Runner:
                         rate=float(wl_cfg.get("rate", 0)),
                         seed=self.seed,
                         t0=self.t0,
+                        tls=c.tls,
                     )
                     wl.start()
                 stage = Stage(

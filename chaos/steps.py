@@ -85,7 +85,7 @@ class Stage:
         running = [n for n in nodes if self.cluster.launcher.state(self.cluster.st.nodes[n]) == "running"]
 
         async def one(n: str) -> bool:
-            async with Client([self.cluster.st.nodes[n].endpoint], timeout=timeout) as cl:
+            async with Client([self.cluster.st.nodes[n].endpoint], timeout=timeout, tls=self.cluster.tls) as cl:
                 try:
                     await cl.put(f"probe/{n}", f"{time.time()}")
                     return True

@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from node.client import Client, ClientError, Reason
+from node.client import Client, ClientError, ClientTLS, Reason
 
 from .history import FAIL, INFO, OK, Op
 
@@ -58,6 +58,7 @@ class Workload:
     rate: float = 0.0  # per-client ops/s; 0 = as fast as possible
     seed: int = 0
     t0: float = field(default_factory=time.monotonic)
+    tls: ClientTLS | None = None  # the cluster's (Cluster.tls) when its client ports speak TLS
     history: list[Op] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
 
@@ -83,7 +84,7 @@ class Workload:
 
     async def _client(self, cid: int, node: str) -> None:
         rng = random.Random(self.seed * 1000 + cid)
-        async with Client([self.endpoints[node]], timeout=self.timeout) as cl:
+        async with Client([self.endpoints[node]], timeout=self.timeout, tls=self.tls) as cl:
             while not self._stop.is_set():
                 ok = await self._one(cl, cid, node, rng)
                 if not ok:
@@ -134,7 +135,7 @@ class Workload:
     async def final_read(self, endpoints: list[str], attempts: int = 20) -> dict[str, str | None] | None:
         """Read every unique key after healing; None if the cluster never answered."""
         keys = {op.key for op in self.history if op.key.startswith("u/")}
-        async with Client(endpoints, timeout=3.0) as cl:
+        async with Client(endpoints, timeout=3.0, tls=self.tls) as cl:
             for _ in range(attempts):
                 try:
                     r = await cl.get("u/", prefix=True)

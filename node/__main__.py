@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from node.api.server import ApiServer, PortInUse
+from node.api.server import ApiServer, PortInUse, ServerTLS
 from node.kv import KVStateMachine
 from node.kv.retention import MODES, Retention, RetentionError, parse_retention
 from node.secret import SecretError, load_secret
@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="0",
         help="db size at which the NOSPACE alarm goes off (0 = etcd's default 2 GiB, negative = no quota)",
     )
+    p.add_argument("--cert-file", type=Path, default=None, help="etcd's: the client port's TLS certificate (PEM)")
+    p.add_argument("--key-file", type=Path, default=None, help="etcd's: its private key (PEM)")
+    p.add_argument(
+        "--trusted-ca-file", type=Path, default=None, help="etcd's: the CA that signs client certificates (PEM)"
+    )
+    p.add_argument(
+        "--client-cert-auth",
+        action="store_true",
+        help="etcd's: refuse clients without a certificate signed by --trusted-ca-file",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -83,12 +93,50 @@ def check_flags(args: argparse.Namespace) -> str | None:
         args.quota = int(args.quota_backend_bytes)
     except ValueError:
         return f"--quota-backend-bytes must be a whole number of bytes, not {args.quota_backend_bytes!r}"
+    bad = _check_tls(args)
+    if bad is not None:
+        return bad
     args.peer_secret = None
     if args.peer_auth_file is not None:
         try:
             args.peer_secret = load_secret(args.peer_auth_file.absolute())
         except SecretError as e:
             return str(e)
+    return None
+
+
+def _check_tls(args: argparse.Namespace) -> str | None:
+    """Read the client TLS files into args.tls (None: plaintext), with etcd's rules.
+
+    https:// in --listen-client needs --cert-file and --key-file; an http:// URL ignores them (etcd
+    warns and serves plaintext); a bare host:port (our own form) serves TLS when they are given."""
+    args.tls = None
+    scheme = args.listen_client.split("://", 1)[0].lower() if "://" in args.listen_client else ""
+    if scheme not in ("", "http", "https"):
+        return f"--listen-client: unsupported scheme {scheme!r} in {args.listen_client!r} (http or https)"
+    have = args.cert_file is not None or args.key_file is not None
+    if (args.cert_file is None) != (args.key_file is None):
+        return "--cert-file and --key-file go together"
+    if scheme == "https" and not have:
+        return f"TLS key/cert (--cert-file, --key-file) must be provided for client url {args.listen_client}"
+    if args.client_cert_auth and args.trusted_ca_file is None:
+        return "--client-cert-auth needs --trusted-ca-file (the CA client certificates must be signed by)"
+    if not have:
+        return None
+    if scheme == "http":
+        log.warning("scheme is http in %s while key and cert files are present; ignoring them", args.listen_client)
+        return None
+    try:
+        args.tls = ServerTLS(
+            cert=args.cert_file.read_bytes(),
+            key=args.key_file.read_bytes(),
+            trusted_ca=args.trusted_ca_file.read_bytes() if args.trusted_ca_file is not None else None,
+            client_cert_auth=args.client_cert_auth,
+        )
+    except OSError as e:
+        return f"cannot read a TLS file: {e.strerror or e}: {e.filename}"
+    if not args.advertise_client and scheme == "":
+        args.advertise_client = f"https://{args.listen_client}"
     return None
 
 
@@ -129,7 +177,7 @@ async def serve(args: argparse.Namespace) -> int:
     api = ApiServer(node, sm, args.initial_cluster_token, quota_backend_bytes=args.quota, compaction=compaction)
     try:
         await node.start()
-        await api.start(args.listen_client)
+        await api.start(args.listen_client, args.tls)
     except (WalCorruption, SnapshotCorruption, StorageError, ConfigError, PortInUse) as e:
         log.error("cannot start: %s", e)
         await node.stop(transfer=False)

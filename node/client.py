@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -86,25 +87,58 @@ class _Conn:
     admin: admin_pb2_grpc.AdminStub
 
 
+@dataclass(frozen=True)
+class ClientTLS:
+    """What etcdctl's --cacert/--cert/--key give: the CA that signed the servers (PEM) and, for a
+    server with --client-cert-auth, our certificate and key. The server's name is checked against
+    the endpoint's host (its certificate must list that IP or name)."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca: Path, cert: Path | None = None, key: Path | None = None) -> ClientTLS:
+        """Read the PEM files (OSError when one is missing or unreadable)."""
+        return cls(ca.read_bytes(), cert.read_bytes() if cert else None, key.read_bytes() if key else None)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
+
+
 def _strip(ep: str) -> str:
     return ep.split("://", 1)[-1].rstrip("/")
 
 
 class Client:
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, secret: bytes | None = None) -> None:
-        """secret: the cluster's (its state dir's peer.secret); Admin calls then carry the token derived from it."""
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        timeout: float = 5.0,
+        secret: bytes | None = None,
+        tls: ClientTLS | None = None,
+    ) -> None:
+        """secret: the cluster's (its state dir's peer.secret); Admin calls then carry the token derived from it.
+        tls: connect over TLS to every endpoint (a cluster started with `orchestrate up --tls`)."""
         if not endpoints:
             raise ValueError("no endpoints given")
         self._admin_md = ((ADMIN_METADATA_KEY, admin_token(secret)),) if secret is not None else None
         self.endpoints = [_strip(e) for e in endpoints]
         self.timeout = timeout
+        self._creds = tls.credentials() if tls is not None else None
         self._conns: dict[str, _Conn] = {}
         self._next = 0
 
     def _conn(self, ep: str) -> _Conn:
         c = self._conns.get(ep)
         if c is None:
-            ch = grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS)
+            ch = (
+                grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS)
+                if self._creds is None
+                else grpc.aio.secure_channel(ep, self._creds, options=CHANNEL_OPTIONS)
+            )
             c = _Conn(
                 ep,
                 ch,

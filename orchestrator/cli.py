@@ -94,6 +94,7 @@ UP_FLAGS = {  # `up` flag (argparse dest) -> ClusterConfig field: validated by t
     "compaction_retention": "compaction_retention",
     "quota_backend_bytes": "quota_backend_bytes",
     "fault_injection": "fault_injection",
+    "tls": "tls",
     "name": "name",
 }
 
@@ -349,6 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         default=None,
         help="builtin nodes without the fault-rule API (then no local-backend chaos; default: on)",
+    )
+    up.add_argument(
+        "--tls",
+        action="store_const",
+        const=True,
+        default=None,
+        help="client ports speak TLS with a CA and certificates made in the state dir (tls/); clients need "
+        "tls/ca.crt and, as the nodes require client certificates, tls/client.crt and client.key",
     )
     up.add_argument("--tui", action="store_true", help="open the dashboard once the cluster is up")
     up.add_argument("--quiet", "-q", action="store_true")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from node.client import Client, ClientError, Reason
+from node.client import Client, ClientError, ClientTLS, Reason
 from node.secret import SecretError
 
 from . import targets
@@ -104,9 +104,24 @@ class Cluster:
         except SecretError as e:
             raise OrchestrateError(str(e)) from None
 
+    @property
+    def tls(self) -> ClientTLS | None:
+        """What clients connect with: the cluster's CA and the orchestrator's certificate (None: plaintext)."""
+        if not self.st.tls:
+            return None
+        if not self.dir.pki.exists():
+            raise OrchestrateError(
+                f"cluster {self.name!r} uses TLS but its CA ({self.dir.pki.ca_cert}) is gone; "
+                "`orchestrate down --purge` and up again"
+            )
+        try:
+            return self.dir.client_tls()
+        except OSError as e:
+            raise OrchestrateError(f"cannot read the cluster's TLS files: {e.strerror or e}: {e.filename}") from None
+
     def client(self, names: list[str] | None = None, timeout: float = 3.0) -> Client:
         names = names or self.st.live_names()
-        return Client([self.st.nodes[n].endpoint for n in names], timeout=timeout, secret=self.secret)
+        return Client([self.st.nodes[n].endpoint for n in names], timeout=timeout, secret=self.secret, tls=self.tls)
 
     def running(self) -> list[str]:
         return [n for n in self.st.live_names() if self.launcher.state(self.st.nodes[n]) != "stopped"]
@@ -145,10 +160,13 @@ class Cluster:
             compaction_retention=cfg.retention,
             quota_backend_bytes=cfg.quota_backend_bytes,
             fault_injection=cfg.fault_injection,
+            tls=cfg.tls,
         )
         for name in cfg.nodes:
             host = cfg.host_of(name)
-            st.nodes[name] = NodeRecord(name, cfg.client_port_of(name), cfg.peer_port_of(name), host.name, host.address)
+            st.nodes[name] = NodeRecord(
+                name, cfg.client_port_of(name), cfg.peer_port_of(name), host.name, host.address, tls=cfg.tls
+            )
         if cfg.network == "netns":
             tag, subnet = netns_identity(self.dir.path)
             st.netns = NetnsPlacement(tag, subnet)
@@ -221,8 +239,15 @@ class Cluster:
         rec = st.nodes[name]
         data = self.dir.data_dir(name)  # on a restart both engines ignore cluster_state: the data decides
         cmd = self.engine.command(st, rec, data, cluster_state, members or st.live_names(), sys.executable)
-        if self.engine.peer_auth:
+        # a new cluster gets a secret; one made before secrets existed keeps running without, so a
+        # restarted member never cuts itself off from members still running without it
+        if self.engine.peer_auth and (self.fresh or self.dir.secret_file.exists()):
             cmd += ["--peer-auth-file", str(self.dir.ensure_secret())]
+        if rec.tls:
+            try:
+                cmd += self.dir.node_tls_flags(rec)
+            except OSError as e:
+                raise OrchestrateError(f"cannot make {name}'s certificate: {e.strerror or e}: {e.filename}") from None
         # the node runs in its own data dir with absolute paths: never in the repo or the user's cwd
         try:
             rec.pid, rec.create_time = self.launcher.start(cmd, self.dir.log_file(name), data, rec.netns)
@@ -275,6 +300,7 @@ class Cluster:
             shutil.rmtree(self.dir.data_dir(n), ignore_errors=True)
         self.dir.file.unlink(missing_ok=True)
         self.dir.secret_file.unlink(missing_ok=True)
+        self.dir.remove_tls()
         self.dir.remove_if_empty()
         self._st = None
         logs = self.dir.path / "logs"
@@ -556,7 +582,7 @@ class Cluster:
         rec = self.record(name)
         t0 = time.monotonic()
         deadline = t0 + timeout
-        async with Client([rec.endpoint], timeout=1.0, secret=self.secret) as c:
+        async with Client([rec.endpoint], timeout=1.0, secret=self.secret, tls=self.tls) as c:
             while True:
                 if self.launcher.process(rec) is None:
                     code = self.launcher.exit_code(rec)
@@ -658,7 +684,7 @@ class Cluster:
         used_p = {r.peer_port for r in st.nodes.values()}
         while base_c + idx in used_c or base_p + idx in used_p:
             idx += 1
-        rec = NodeRecord(name, base_c + idx, base_p + idx, first.host, first.address, learner=not voter)
+        rec = NodeRecord(name, base_c + idx, base_p + idx, first.host, first.address, learner=not voter, tls=st.tls)
         if name in st.nodes:
             shutil.rmtree(self.dir.data_dir(name), ignore_errors=True)
         st.nodes[name] = rec

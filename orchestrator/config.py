@@ -78,6 +78,8 @@ class ClusterConfig:
     # builtin nodes serve the fault-rule API (chaos, experiments, the dashboard's fault keys); every
     # Admin call needs the cluster's credential either way
     fault_injection: bool = True
+    # client ports speak TLS (etcd's --cert-file ... --client-cert-auth) with certificates `up` makes
+    tls: bool = False
     source: str = "<defaults>"
 
     @property
@@ -168,10 +170,14 @@ def v_log_level(v: Any) -> str:
     return _one_of(v, LOG_LEVELS)
 
 
-def v_fault_injection(v: Any) -> bool:
+def v_bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise FieldError(f"expected true or false, got {v!r}")
     return v
+
+
+v_fault_injection = v_bool
+v_tls = v_bool
 
 
 def v_data_dir(v: Any) -> str:
@@ -261,6 +267,7 @@ FIELDS = {
         Field("compaction_retention", "compaction.retention", "--auto-compaction-retention", v_compaction_retention),
         Field("quota_backend_bytes", "quota_backend_bytes", "--quota-backend-bytes", v_quota_backend_bytes),
         Field("fault_injection", "fault_injection", "--no-fault-injection", v_fault_injection),
+        Field("tls", "tls", "--tls", v_tls),
     )
 }
 
@@ -405,6 +412,7 @@ TOP_KEYS = (
     "compaction",
     "quota_backend_bytes",
     "fault_injection",
+    "tls",
     "data_dir",
     "log_level",
 )
@@ -423,7 +431,7 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
     top = _mapping(src, root, "", TOP_KEYS)
     kw: dict[str, Any] = {"source": src}
     top_fields = ("name", "engine", "network", "log_level", "data_dir", "snapshot_count", "quota_backend_bytes")
-    for attr in (*top_fields, "fault_injection"):
+    for attr in (*top_fields, "fault_injection", "tls"):
         if FIELDS[attr].key in top:
             kw[attr] = _field(src, top[FIELDS[attr].key], attr)
     if "nodes" in top:

@@ -104,7 +104,10 @@ class BuiltinEngine:
         return [
             *(python, "-m", "node"),
             *_identity(rec, data_dir),
-            *_flags(("--listen-client", rec.endpoint), ("--listen-peer", f"{rec.address}:{rec.peer_port}")),
+            *_flags(
+                ("--listen-client", rec.client_url if rec.tls else rec.endpoint),
+                ("--listen-peer", f"{rec.address}:{rec.peer_port}"),
+            ),
             *_cluster_flags(st, members, cluster_state),
             *_flags(("--log-level", st.log_level)),
             *_limits(st),

@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.client import ClientTLS
 from node.secret import load_secret, write_secret
 
 from .config import DEFAULT_COMPACTION_MODE, DEFAULT_COMPACTION_RETENTION, DEFAULT_QUOTA_BACKEND_BYTES
+from .pki import ClusterPKI
 
 
 @dataclass
@@ -36,10 +38,11 @@ class NodeRecord:
     desired: str = "running"  # running | stopped | paused | removed (what we last asked for)
     netns: str = ""
     learner: bool = False  # added as a learner and not promoted yet: not counted among the voters
+    tls: bool = False  # its client port speaks TLS (a cluster made with `up --tls`)
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.address}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.address}:{self.client_port}"
 
     @property
     def endpoint(self) -> str:
@@ -109,6 +112,7 @@ class ClusterState:
     compaction_retention: str = DEFAULT_COMPACTION_RETENTION
     quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
     fault_injection: bool = True  # builtin nodes start with --enable-fault-injection (older state files: on)
+    tls: bool = False  # client ports speak TLS with certificates from <state>/tls (orchestrator/pki.py)
     created: float = 0.0
     config_source: str = ""
     netns: NetnsPlacement | None = None  # set when the cluster runs with --net netns
@@ -191,6 +195,8 @@ class StateDir:
         # the cluster secret (node/secret.py), mode 0600: members prove they know it to each other
         # and the orchestrator, chaos and the dashboard send a token derived from it to Admin
         self.secret_file = self.path / "peer.secret"
+        # `up --tls`: the cluster's CA, node and client certificates (keys 0600)
+        self.pki = ClusterPKI(self.path / "tls")
         self.made_root = False  # this process created the root (so a purge may remove it when empty)
         self.made_path = False
 
@@ -216,6 +222,29 @@ class StateDir:
         if not self.secret_file.exists():
             return None
         return load_secret(self.secret_file)  # SecretError when unusable (say, chmod'ed open)
+
+    def node_tls_flags(self, rec: NodeRecord) -> list[str]:
+        """etcd's client TLS flags for rec (certificates made on first use): clients need our CA's certificate."""
+        self.ensure()
+        cert, key = self.pki.ensure_server(rec.name, [rec.address])
+        return [
+            *("--cert-file", str(cert)),
+            *("--key-file", str(key)),
+            *("--trusted-ca-file", str(self.pki.ca_cert)),
+            "--client-cert-auth",
+        ]
+
+    def client_tls(self) -> ClientTLS | None:
+        """What the orchestrator, chaos and the dashboard connect with; None for a plaintext cluster."""
+        if not self.pki.exists():
+            return None
+        cert, key = self.pki.ensure_client()
+        return ClientTLS.from_files(self.pki.ca_cert, cert, key)
+
+    def remove_tls(self) -> None:
+        for p in self.pki.files():
+            p.unlink(missing_ok=True)
+        _rmdir_if_empty(self.pki.dir)
 
     def ensure(self) -> None:
         if not self.root.exists():
@@ -300,6 +329,7 @@ class StateDir:
         had_state = self.exists()
         self.file.unlink(missing_ok=True)
         self.secret_file.unlink(missing_ok=True)
+        self.remove_tls()
         for d in (self.path / "data", self.path / "logs", self.path):
             _rmdir_if_empty(d)
         if made_root:

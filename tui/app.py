@@ -201,7 +201,7 @@ class Dashboard(App[int]):
             return
         t0 = time.monotonic()
         try:
-            async with Client(eps, timeout=0.5) as cl:
+            async with Client(eps, timeout=0.5, tls=c.tls) as cl:
                 await cl.put("quorumlab/probe", str(time.time()))
             ms = (time.monotonic() - t0) * 1000
             self._probe_ok += 1
@@ -343,7 +343,7 @@ class Dashboard(App[int]):
             self.bell()
             return
         eps = {n: self.cluster.st.nodes[n].endpoint for n in self.cluster.st.live_names()}
-        self.workload = Workload(eps, clients=4, timeout=1.0)
+        self.workload = Workload(eps, clients=4, timeout=1.0, tls=self.cluster.tls)
         self._wl_seen = 0
         self.workload.start()
         self.record("workload started: 4 clients, put/get/cas")

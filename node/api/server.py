@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 
 from node.kv import KVStateMachine, WatchHub
@@ -38,6 +40,27 @@ class PortInUse(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """etcd's client TLS flags, read: --cert-file/--key-file (PEM), --trusted-ca-file, --client-cert-auth.
+
+    As etcd: the CA is only used to verify client certificates when --client-cert-auth is on; then a
+    client without a certificate signed by it is refused during the handshake."""
+
+    cert: bytes
+    key: bytes
+    trusted_ca: bytes | None = None
+    client_cert_auth: bool = False
+
+    def credentials(self) -> grpc.ServerCredentials:
+        require = self.client_cert_auth and self.trusted_ca is not None
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)],
+            root_certificates=self.trusted_ca if require else None,
+            require_client_auth=require,
+        )
+
+
 class ApiServer:
     def __init__(
         self,
@@ -61,10 +84,15 @@ class ApiServer:
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.ctx), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.ctx), self.server)
 
-    async def start(self, listen: str) -> None:
+    async def start(self, listen: str, tls: ServerTLS | None = None) -> None:
+        """Serve on listen (host:port); with tls, only TLS connections (https://)."""
         host, port = parse_hostport(listen)
+        addr = f"{host}:{port}"
         try:
-            bound = self.server.add_insecure_port(f"{host}:{port}")
+            if tls is None:
+                bound = self.server.add_insecure_port(addr)
+            else:
+                bound = self.server.add_secure_port(addr, tls.credentials())
         except RuntimeError as e:
             raise PortInUse(f"cannot listen for clients on {host}:{port}: {e}") from e
         if bound == 0:
