@@ -24,6 +24,7 @@ from node.server.members import cluster_id, member_id
 OP_PUT = 1  # node/kv/apply.py
 K_APP = 1  # node/server/raftnode.py
 F_AUTH = 5  # node/server/codec.py (spelled out: older versions have no such frame)
+CLOSED = "CLOSED"  # read_reply: the node closed the connection (None: it said nothing, still open)
 
 
 def ids(peer_urls: dict[str, str], token: str) -> tuple[int, dict[str, int]]:
@@ -48,12 +49,15 @@ async def _open(port: int, fake_auth: bool = False) -> tuple[asyncio.StreamReade
 
 
 async def read_reply(reader: asyncio.StreamReader, timeout: float = 2.0) -> Any:
-    """The next frame the node sends, or None when it closes the connection (or says nothing)."""
+    """The next frame the node sends; CLOSED when it closed the connection (EOF or reset); None when
+    it said nothing within `timeout` (the connection is still open)."""
     try:
         head = await asyncio.wait_for(reader.readexactly(4), timeout)
         (n,) = struct.unpack(">I", head)
         return msgpack.unpackb(await asyncio.wait_for(reader.readexactly(n), timeout), raw=False)
-    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return CLOSED
+    except TimeoutError:
         return None
 
 
@@ -63,6 +67,8 @@ async def discover(port: int, fake_auth: bool = False) -> Any:
         writer.write(pack([F_DISCOVER, "http://127.0.0.1:1"]))
         await writer.drain()
         return await read_reply(reader)
+    except ConnectionError:
+        return CLOSED
     finally:
         writer.close()
 
@@ -74,6 +80,8 @@ async def bad_hello(port: int, fake_auth: bool = False) -> Any:
         writer.write(pack([F_HELLO, 1, 2, 3]))
         await writer.drain()
         return await read_reply(reader)
+    except ConnectionError:
+        return CLOSED
     finally:
         writer.close()
 
@@ -86,7 +94,7 @@ def put_payload(key: bytes, value: bytes) -> bytes:
 
 
 async def send_msgs(port: int, cid: int, frm: int, to: int, msgs: list[Message], fake_auth: bool = False) -> Any:
-    """Hello as member `frm`, then the messages; returns what the node answered (None: closed/silent)."""
+    """Hello as member `frm`, then the messages; what the node answered (CLOSED, or None: silent)."""
     reader, writer = await _open(port, fake_auth)
     try:
         writer.write(pack([F_HELLO, cid, frm, to]))
@@ -94,7 +102,7 @@ async def send_msgs(port: int, cid: int, frm: int, to: int, msgs: list[Message],
         await writer.drain()
         return await read_reply(reader, 1.0)
     except ConnectionError:
-        return None
+        return CLOSED
     finally:
         writer.close()
 
@@ -166,6 +174,31 @@ async def big_frame(port: int, announce: int, send_mib: int, pid: int) -> tuple[
         with contextlib.suppress(Exception):
             await writer.wait_closed()
     return sent, peak
+
+
+async def idle_flood(port: int, conns: int, stop: asyncio.Event, pause: float = 0.3) -> int:
+    """`conns` connections that never say a word, each reopened (after `pause`) once the node closes
+    it, until `stop`: how many were opened."""
+    opened = 0
+
+    async def one() -> None:
+        nonlocal opened
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(pause)
+                continue
+            opened += 1
+            try:
+                while not stop.is_set() and await read_reply(reader, 0.5) is None:
+                    pass
+            finally:
+                writer.close()
+            await asyncio.sleep(pause)
+
+    await asyncio.gather(*(one() for _ in range(conns)))
+    return opened
 
 
 def rss_mb(pid: int) -> float:

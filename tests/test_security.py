@@ -74,20 +74,21 @@ async def test_stranger_cannot_append_vote_or_discover(node_cluster: Make, fake_
     await asyncio.sleep(1.0)
 
     after = await c.statuses()
-    async with Client([c.endpoint(target)], timeout=2.0) as cl:
-        forged = await cl.get_value("forged", serializable=True)
+    forged = {}
+    for n in c.names:
+        async with Client([c.endpoint(n)], timeout=2.0) as cl:
+            forged[n] = await cl.get_value("forged", serializable=True)
+    # a real election may happen on a loaded machine; the forged terms (+50 and more) may not
     assert (
-        {n: s["term"] for n, s in after.items()},
-        after[target]["last_index"],
+        {n: s["term"] < st["term"] + 50 for n, s in after.items()},
         forged,
         replies,
         told,
     ) == (
-        {n: s["term"] for n, s in before.items()},
-        st["last_index"],
-        None,
-        [None, None, None],
-        {"discover": None, "bad hello": None},
+        {n: True for n in after},
+        {n: None for n in c.names},
+        [attack.CLOSED] * 3,
+        {"discover": attack.CLOSED, "bad hello": attack.CLOSED},
     )
     log = c.log(target)
     assert "refusing peer connection" in log
@@ -112,7 +113,7 @@ async def test_floods_from_a_stranger_keep_memory_bounded(node_cluster: Make) ->
     assert peak - rss0 < RSS_BOUND_MB, f"big frame: RSS {rss0:.0f} -> {peak:.0f} MB after {sent} MiB"
     assert sent < 60
     after = await c.statuses()
-    assert after[target]["term"] == before[target]["term"]
+    assert after[target]["term"] < before[target]["term"] + 50  # nothing forged; a real election may happen
     assert "Traceback" not in c.log(target)
 
 
@@ -144,7 +145,8 @@ async def test_admin_needs_the_credential_and_etcd_clients_do_not(node_cluster: 
         assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
         assert "credential" in str(e.value)
         await anon.put("plain", "etcd-api")  # the etcd services need nothing
-    assert {n: s["term"] for n, s in (await c.statuses()).items()} == {n: s["term"] for n, s in before.items()}
+    # the refusals above are the proof; a real election may happen on a loaded machine
+    assert all(s["term"] < before[n]["term"] + 50 for n, s in (await c.statuses()).items())
     async with c.client_for([follower]) as cl:  # with the credential
         rules = await cl.set_faults(ep, [{"src": "*", "dst": "*", "action": "drop", "probability": 1.0}])
         assert rules and rules[0]["action"] == "drop"
@@ -165,17 +167,19 @@ async def test_a_member_with_a_bad_frame_loses_its_connection_with_one_line(node
     before = await _settled(c)
     cid, mids = _ids(c)
     target = next(n for n, s in before.items() if s["role"] != "leader")
+    mine = []  # the attacker's own connections, by the address the node logs
     for garbage in (pack(5), pack([1, "x"]), pack([1, [[11, 1]]]), pack([2, 1, 2]), b"\0\0\0\x03\xc1\xc1\xc1"):
         reader, writer = await asyncio.open_connection("127.0.0.1", c.peer[target])
+        mine.append(str(writer.get_extra_info("sockname")))
         await authenticate_to(reader, writer, SECRET)
         writer.write(pack([F_HELLO, cid, mids["n1"] if target != "n1" else mids["n2"], mids[target]]))
         writer.write(garbage)
         await writer.drain()
-        assert await attack.read_reply(reader, 3.0) is None  # closed
+        assert await attack.read_reply(reader, 3.0) == attack.CLOSED
         writer.close()
-    log = c.log(target)
-    assert log.count("dropping connection from peer") == 5
-    assert "Traceback" not in log
+    lines = [ln for ln in c.log(target).splitlines() if "dropping connection from peer" in ln]
+    assert [sum(addr in ln for ln in lines) for addr in mine] == [1] * 5
+    assert "Traceback" not in c.log(target)
     assert c.alive(target)
 
 
@@ -211,7 +215,46 @@ async def _member_conn(t: Transport, port: int, frm: int) -> tuple[asyncio.Strea
     return reader, writer
 
 
-async def test_snapshot_over_the_limit_and_a_second_one_at_once_are_refused(tmp_path: Path) -> None:
+async def test_idle_connections_from_a_stranger_do_not_lock_members_out(node_cluster: Make) -> None:
+    """Strangers keep more connections in their hello than the node admits; a member restarting
+    meanwhile still gets through (the oldest unproven connection makes room), and every member
+    takes writes."""
+    c = node_cluster(3, secret=SECRET)
+    c.start_all()
+    await _settled(c)
+    stop = asyncio.Event()
+    flood = asyncio.gather(*(attack.idle_flood(c.peer[n], 100, stop) for n in c.names))
+    try:
+
+        async def through_the_flood() -> None:
+            await asyncio.sleep(2.0)  # the pools are full by now
+            c.kill("n3")
+            c.start("n3")  # it must reconnect to both, and they to it, through the flood
+            await c.wait_leader()
+            for n in c.names:
+                async with c.client_for([n]) as cl:
+                    for attempt in range(100):
+                        try:
+                            await cl.put(f"during-flood-{n}", "v")
+                            break
+                        except ClientError:
+                            if attempt == 99:
+                                raise
+                            await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(through_the_flood(), 45.0)
+    finally:
+        stop.set()
+        opened = await asyncio.wait_for(flood, 10.0)
+    assert sum(opened) > 3 * 100  # the flood did run: connections were closed and reopened
+    logs = "".join(c.log(n) for n in c.names)
+    assert "closing the oldest" in logs
+    assert "Traceback" not in logs
+
+
+async def test_snapshot_limits_a_newer_transfer_wins_and_a_full_spool_refuses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     got: list[Message] = []
     t = Transport(1, 7, str, got.append, secret=SECRET, spool_dir=tmp_path, snapshot_limit=4 << 20)
     await t.listen("127.0.0.1:0")
@@ -225,28 +268,39 @@ async def test_snapshot_over_the_limit_and_a_second_one_at_once_are_refused(tmp_
         r, w = await _member_conn(t, port, 2)
         w.write(pack([F_SNAP_CHUNK, (4 << 20) + 1, b"x", None]))
         await w.drain()
-        assert await attack.read_reply(r, 3.0) is None
+        assert await attack.read_reply(r, 3.0) == attack.CLOSED
         w.close()
-        # one transfer per peer: a second connection from the same peer may not start another
-        _, w1 = await _member_conn(t, port, 2)
+        # one transfer per peer, the newest wins: the older connection may be half-open for good
+        r1, w1 = await _member_conn(t, port, 2)
         w1.write(pack([F_SNAP_CHUNK, 3, b"ab", None]))
         await w1.drain()
-        await asyncio.sleep(0.2)
+        assert await attack.read_reply(r1, 0.3) is None  # still open, transfer in progress
         r2, w2 = await _member_conn(t, port, 2)
-        w2.write(pack([F_SNAP_CHUNK, 3, b"ab", None]))
+        w2.write(pack([F_SNAP_CHUNK, 3, b"xy", None]))
         await w2.drain()
-        assert await attack.read_reply(r2, 3.0) is None
-        w2.close()
-        # the first one completes, from its spool file
-        w1.write(pack([F_SNAP_CHUNK, 3, b"c", meta]))
-        await w1.drain()
+        assert await attack.read_reply(r1, 3.0) == attack.CLOSED
+        w1.close()
+        # the newer one completes, from its spool file
+        w2.write(pack([F_SNAP_CHUNK, 3, b"z", meta]))
+        await w2.drain()
         for _ in range(50):
             if got:
                 break
             await asyncio.sleep(0.05)
-        assert got and got[0].snapshot is not None and got[0].snapshot.data == b"abc"
-        w1.close()
+        assert got and got[0].snapshot is not None and got[0].snapshot.data == b"xyz"
+        assert await attack.read_reply(r2, 0.3) is None  # and its connection stays
+        w2.close()
         assert SNAPSHOT_LIMIT >= 2 << 30  # a real member's snapshot (quota 2 GiB) always fits
+        # no room in the spool dir besides the log's reserve: refused with one line
+        t.spool_margin = 1 << 62
+        caplog.clear()
+        r3, w3 = await _member_conn(t, port, 2)
+        w3.write(pack([F_SNAP_CHUNK, 3, b"ab", None]))
+        await w3.drain()
+        assert await attack.read_reply(r3, 3.0) == attack.CLOSED
+        w3.close()
+        refused = [r.getMessage() for r in caplog.records if "no room to spool" in r.getMessage()]
+        assert len(refused) == 1 and not any(r.exc_info for r in caplog.records)
     finally:
         await t.close()
 

@@ -130,6 +130,7 @@ class RaftNode:
         self._inbox: deque[Message | Callable[[], None]] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[None]] = set()  # unawaited tasks, referenced until done
         self._pending: Wait[int, Any] = Wait()  # proposals by request seq, resolved when applied here
         self._reads: Wait[bytes, int] = Wait()  # ReadIndex requests by context, resolved with the read index
         self._applied_waits = WaitApplied()
@@ -238,6 +239,7 @@ class RaftNode:
             secret=cfg.peer_secret,
             spool_dir=cfg.data_dir,
             snapshot_limit=cfg.snapshot_limit,
+            spool_margin=cfg.reserve_bytes + cfg.disk_free_margin,
         )
         await self.transport.listen(cfg.listen_peer)
         self._sync_peers()
@@ -573,9 +575,14 @@ class RaftNode:
         if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id == self.member_id:
             self.removed = True
             log.warning("this member was removed from the cluster; stopping")
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop(transfer=False)))
+            asyncio.get_running_loop().call_soon(self._stop_soon)
         self._sync_peers()
         return m
+
+    def _stop_soon(self) -> None:
+        task = asyncio.ensure_future(self.stop(transfer=False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _sync_peers(self) -> None:
         if self.transport is None or self.raft is None:

@@ -6,9 +6,12 @@
 * A hello frame carries the cluster id and both member ids; a node of another
   cluster (or a message for another member) is refused and the refusal logged.
 * Bounded: a frame over MAX_FRAME (MAX_HELLO_FRAME before the hello) closes the connection;
-  at most MAX_UNPROVEN connections may be on their way through the hello; one snapshot per
-  peer arrives at a time, up to a size cap, spooled to an unlinked file in the data dir;
-  a malformed frame closes its connection with one log line.
+  at most MAX_UNPROVEN connections may be on their way through the hello (a new one evicts the
+  oldest, so idle strangers cannot lock members out; the first frame is due within
+  FIRST_FRAME_TIMEOUT); one snapshot per peer arrives at a time (a newer transfer closes the
+  connection of an older one: it may be half-open), up to a size cap, spooled to an unlinked
+  file in the data dir only while that leaves the disk reserve free; a malformed frame closes
+  its connection with one log line, anything else that goes wrong there with a traceback.
 * Outbound queues are bounded; Raft tolerates loss, so a full queue drops and
   the peer is reported unreachable rather than blocking the Ready loop.
 * Snapshots travel in chunks so one large state never becomes one huge frame.
@@ -26,9 +29,11 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import IO, Any
+
+import msgpack
 
 from node.faults import FaultTable
 from node.raft import Message, MsgType
@@ -58,7 +63,11 @@ QUEUE_LIMIT = 10_000
 BATCH_LIMIT = 512
 BATCH_BYTES = 4 << 20  # a batch frame is cut here, far below MAX_FRAME (one entry is at most ~1.5 MiB)
 HELLO_TIMEOUT = 5.0  # authentication and hello, from accept
-MAX_UNPROVEN = 64  # connections still in their hello; more are closed at once
+FIRST_FRAME_TIMEOUT = 1.0  # the first frame (authentication or hello), from accept
+MAX_UNPROVEN = 64  # connections still in their hello; one more evicts the oldest
+# free space an incoming snapshot must leave in its spool dir: the WAL's disk reserve and margin
+# (node/server/interfaces.py NodeConfig.reserve_bytes + disk_free_margin)
+SPOOL_MARGIN = (8 << 20) + (1 << 20)
 # twice etcd's default quota (2 GiB): a member's snapshot never comes near it, a flood stops there
 SNAPSHOT_LIMIT = 4 << 30
 MAC_BYTES = 32
@@ -66,6 +75,10 @@ MAC_BYTES = 32
 
 class AuthError(CodecError):
     """The other side did not prove that it knows the cluster secret."""
+
+
+class TransferRefused(CodecError):
+    """An incoming snapshot this node cannot take now (no room to spool it); the leader retries."""
 
 
 def _auth_value(frame: Any, size: int) -> bytes:
@@ -96,7 +109,7 @@ async def authenticate_to(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 
 async def _authenticate_from(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
     """Who accepted: the client proves itself first, so a stranger gets nothing but a nonce."""
-    nc = _auth_value(await read_frame(reader, MAX_HELLO_FRAME), NONCE_BYTES)
+    nc = _auth_value(await asyncio.wait_for(read_frame(reader, MAX_HELLO_FRAME), FIRST_FRAME_TIMEOUT), NONCE_BYTES)
     ns = os.urandom(NONCE_BYTES)
     writer.write(pack([F_AUTH, ns]))
     await writer.drain()
@@ -145,15 +158,25 @@ async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> An
 class _SnapshotRx:
     """One snapshot arriving from one peer, spooled to an unlinked file so memory stays flat."""
 
-    def __init__(self, total: Any, limit: int, spool_dir: Path | None) -> None:
+    def __init__(self, total: Any, limit: int, spool_dir: Path | None, margin: int = SPOOL_MARGIN) -> None:
         if not isinstance(total, int) or not 0 <= total <= limit:
             raise CodecError(f"a snapshot of {total!r} bytes (the limit is {limit})")
         self.total = total
         self.received = 0
         # without a data dir (unit tests) the bytes are held, still capped by `limit`
-        self.file: IO[bytes] | None = (
-            tempfile.TemporaryFile(dir=spool_dir) if spool_dir is not None else None  # noqa: SIM115 - close()
-        )
+        self.file: IO[bytes] | None = None
+        if spool_dir is not None:
+            try:
+                st = os.statvfs(spool_dir)
+                free = st.f_bavail * st.f_frsize
+                if free - total < margin:
+                    raise TransferRefused(
+                        f"no room to spool a snapshot of {total} bytes in {spool_dir}: {free} bytes free, "
+                        f"{margin} kept for the log (the leader retries)"
+                    )
+                self.file = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115 - close()
+            except OSError as e:
+                raise TransferRefused(f"cannot spool a snapshot in {spool_dir}: {e}") from e
         self.buf = bytearray()
 
     async def add(self, total: Any, chunk: Any, meta: Any) -> Message | None:
@@ -165,7 +188,10 @@ class _SnapshotRx:
             raise CodecError("snapshot larger than announced")
         if chunk:
             if self.file is not None:
-                await asyncio.to_thread(self.file.write, chunk)
+                try:
+                    await asyncio.to_thread(self.file.write, chunk)
+                except OSError as e:
+                    raise TransferRefused(f"cannot spool the snapshot: {e}") from e
             else:
                 self.buf += chunk
         if meta is None:
@@ -310,6 +336,7 @@ class Transport:
         secret: bytes | None = None,
         spool_dir: Path | None = None,
         snapshot_limit: int = SNAPSHOT_LIMIT,
+        spool_margin: int = SPOOL_MARGIN,
     ) -> None:
         self.member_id = member_id
         self.cluster_id = cluster_id
@@ -327,8 +354,12 @@ class Transport:
         self.secret = secret  # None: no authentication, as before --peer-auth-file existed
         self.spool_dir = spool_dir
         self.snapshot_limit = snapshot_limit
-        self._unproven = 0
-        self._snapshots_from: set[int] = set()  # peers with a snapshot on its way in
+        # connections still in their hello, oldest first (a dict keeps insertion order)
+        self._unproven: dict[asyncio.StreamWriter, None] = {}
+        # peer -> the connection its snapshot is arriving on (one transfer per peer)
+        self._snapshots_from: dict[int, asyncio.StreamWriter] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget tasks, kept until done
+        self.spool_margin = spool_margin
         self._refusal_logged = 0.0
         self._refusals_quiet = 0
 
@@ -341,12 +372,18 @@ class Transport:
         for pid in list(self.peers):
             if pid not in peers or self.peers[pid].addr != peers[pid]:
                 p = self.peers.pop(pid)
-                asyncio.get_running_loop().create_task(p.stop())
+                self._spawn(p.stop())
         for pid, addr in peers.items():
             if pid != self.member_id and pid not in self.peers:
                 p = _Peer(self, pid, addr)
                 self.peers[pid] = p
                 p.start()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A task nobody awaits, referenced until it ends (the loop itself keeps only weak ones)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def send(self, msgs: list[Message]) -> None:
         loop = asyncio.get_running_loop()
@@ -399,26 +436,32 @@ class Transport:
         """Authenticate (with a secret), then the first frame: a hello or a DISCOVER."""
         if self.secret is not None:
             await _authenticate_from(reader, writer, self.secret)
-        return await read_frame(reader, MAX_HELLO_FRAME)
+            return await read_frame(reader, MAX_HELLO_FRAME)
+        return await asyncio.wait_for(read_frame(reader, MAX_HELLO_FRAME), FIRST_FRAME_TIMEOUT)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = 0
         addr = writer.get_extra_info("peername")
-        if self._unproven >= MAX_UNPROVEN:
-            self._log_refusal(addr, f"{MAX_UNPROVEN} connections are already on their way through the hello")
-            writer.close()
-            return
+        if len(self._unproven) >= MAX_UNPROVEN:
+            # evict the oldest: a member proves itself in milliseconds, an idle stranger never does
+            oldest = next(iter(self._unproven))
+            del self._unproven[oldest]
+            self._log_refusal(
+                oldest.get_extra_info("peername"),
+                f"{MAX_UNPROVEN} connections are on their way through the hello; closing the oldest",
+            )
+            oldest.close()
         self._conns.add(writer)
         snap: _SnapshotRx | None = None
         try:
-            self._unproven += 1
+            self._unproven[writer] = None
             try:
                 hello = await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT)
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, CodecError) as e:
                 self._log_refusal(addr, str(e) or type(e).__name__)
                 return
             finally:
-                self._unproven -= 1
+                self._unproven.pop(writer, None)
             if isinstance(hello, list) and len(hello) == 2 and hello[0] == F_DISCOVER:
                 writer.write(pack([F_DISCOVER, self.cluster_id, self._member_ids()]))
                 await writer.drain()
@@ -462,16 +505,19 @@ class Transport:
                 elif kind == F_SNAP_CHUNK and len(frame) == 4:
                     _, total, chunk, meta = frame
                     if snap is None:
-                        if peer in self._snapshots_from:
-                            raise CodecError("a second snapshot while one from this peer is still arriving")
-                        snap = _SnapshotRx(total, self.snapshot_limit, self.spool_dir)
-                        self._snapshots_from.add(peer)
+                        snap = _SnapshotRx(total, self.snapshot_limit, self.spool_dir, self.spool_margin)
+                        older = self._snapshots_from.get(peer)
+                        if older is not None:
+                            # the newest transfer wins: the older connection may be half-open for good
+                            log.warning("peer %x started a new snapshot; closing its older transfer", peer)
+                            older.close()
+                        self._snapshots_from[peer] = writer
                     m = await snap.add(total, chunk, meta)
                     if m is None:
                         continue
                     snap.close()
                     snap = None
-                    self._snapshots_from.discard(peer)
+                    self._release_snapshot(peer, writer)
                     msgs = [m]
                 else:
                     raise CodecError(f"unexpected frame kind {kind!r}")
@@ -485,18 +531,24 @@ class Transport:
             pass
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - a bad frame ends its connection with one line, never a traceback
+        except (CodecError, msgpack.UnpackException) as e:  # a bad frame: one line, no traceback
             log.warning("dropping connection from peer %x (%s): %s", peer, addr, str(e) or type(e).__name__)
+        except Exception:  # a bug (deliver, the fault filter, ...): loud, and this connection ends
+            log.exception("dropping connection from peer %x (%s) after an unexpected error", peer, addr)
         finally:
             if snap is not None:
                 snap.close()
-                self._snapshots_from.discard(peer)
+                self._release_snapshot(peer, writer)
             self._conns.discard(writer)
             writer.close()
             if peer:
                 self.inbound[peer] -= 1
                 if self.inbound[peer] == 0 and self._on_peer_lost is not None:
                     self._on_peer_lost(peer)
+
+    def _release_snapshot(self, peer: int, writer: asyncio.StreamWriter) -> None:
+        if self._snapshots_from.get(peer) is writer:
+            del self._snapshots_from[peer]
 
     async def close(self) -> None:
         if self.server is not None:
