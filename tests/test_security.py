@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,14 @@ async def test_admin_needs_the_credential_and_etcd_clients_do_not(node_cluster: 
     if shutil.which("etcdctl"):
         env = {**os.environ, "ETCDCTL_API": "3"}
         run = ["etcdctl", "--endpoints", ",".join(c.endpoints()), "--dial-timeout", "3s"]
-        subprocess.run([*run, "put", "k", "v"], check=True, env=env, capture_output=True, timeout=20)
+        # the campaign above starts an election, and etcdctl does not retry "no leader": retry, bounded
+        deadline = time.monotonic() + 15
+        while True:
+            put = subprocess.run([*run, "put", "k", "v"], env=env, capture_output=True, timeout=20, text=True)
+            if put.returncode == 0 or "no leader" not in put.stderr or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert put.returncode == 0, put.stderr
         out = subprocess.run([*run, "get", "k"], check=True, env=env, capture_output=True, timeout=20, text=True)
         assert out.stdout.split() == ["k", "v"]
 
