@@ -156,7 +156,7 @@ class RaftNode:
             self.membership,
             post=self._post,
             applied=lambda: self.applied,
-            set_disk_full=self._set_disk_full,
+            hit_disk_full=self._hit_disk_full,
             fatal=self._fatal,
         )
 
@@ -425,15 +425,7 @@ class RaftNode:
         try:
             await self._persist_once(storage, rd)
         except DiskFull as e:
-            freed = await asyncio.to_thread(storage.release_reserve)
-            log.error(
-                "%s: disk full while persisting the log (%s); released the %d-byte reserve, raising NOSPACE "
-                "and retrying",
-                self.cfg.name,
-                e,
-                freed,
-            )
-            self._set_disk_full()
+            await self._hit_disk_full(storage, "persisting the log", e, "and retrying")
             await asyncio.to_thread(self._persist_locked, storage, rd)  # a second failure escapes: fatal
 
     async def _persist_once(self, storage: NodeStorage, rd: Ready) -> None:
@@ -448,6 +440,20 @@ class RaftNode:
             return
         with self.snapshotter.file_lock:  # a received snapshot is written into snap/ like ours
             storage.persist(rd)
+
+    async def _hit_disk_full(self, storage: NodeStorage, what: str, err: DiskFull, then: str) -> None:
+        """A write found the disk full: free the reserve (the next WAL append needs the room, and a
+        reserve left in place would let a disarm believe the disk has space again), raise NOSPACE."""
+        freed = await asyncio.to_thread(storage.release_reserve)
+        log.error(
+            "%s: disk full while %s (%s); released the %d-byte reserve, raising NOSPACE %s",
+            self.cfg.name,
+            what,
+            err,
+            freed,
+            then,
+        )
+        self._set_disk_full()
 
     def _set_disk_full(self) -> None:
         if self.disk_full:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -43,7 +43,7 @@ class Snapshotter:
         *,
         post: Callable[[Callable[[], None]], None],
         applied: Callable[[], int],
-        set_disk_full: Callable[[], None],
+        hit_disk_full: Callable[[NodeStorage, str, DiskFull, str], Awaitable[None]],
         fatal: Callable[[str, BaseException], None],
     ) -> None:
         self.cfg = cfg
@@ -51,7 +51,7 @@ class Snapshotter:
         self.membership = membership
         self._post = post
         self._applied = applied
-        self._set_disk_full = set_disk_full
+        self._hit_disk_full = hit_disk_full
         self._fatal = fatal
         self.last_index = 0  # the newest snapshot, ours or the leader's
         self.task: asyncio.Task[None] | None = None
@@ -121,18 +121,8 @@ class Snapshotter:
         try:
             await asyncio.to_thread(self._save_locked, storage, snap, release_before)
         except DiskFull as e:
-            # free the reserve as the WAL path does: the next WAL append needs the room, and a
-            # reserve left in place would let a disarm believe the disk has space again
-            freed = await asyncio.to_thread(storage.release_reserve)
-            log.error(
-                "%s: disk full while saving the snapshot at index %d (%s); released the %d-byte reserve, "
-                "raising NOSPACE, serving on without it (the WAL still holds every entry)",
-                self.cfg.name,
-                index,
-                e,
-                freed,
-            )
-            self._set_disk_full()
+            what = f"saving the snapshot at index {index}"
+            await self._hit_disk_full(storage, what, e, "and serving on without it (the WAL holds every entry)")
             return
         log.info(
             "snapshot at index %d (%d bytes, %.0f ms in the background); log compacted to %d",
