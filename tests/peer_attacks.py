@@ -126,54 +126,41 @@ def forged_vote(frm: int, to: int, term: int) -> Message:
     return Message(MsgType.VOTE, to=to, frm=frm, term=term, log_term=term, index=1 << 40)
 
 
+async def _pump(writer: asyncio.StreamWriter, head: bytes, frames: int, frame: bytes, pid: int) -> tuple[int, float]:
+    """Write head, then up to `frames` copies of frame until the node closes: (frames sent, peak RSS in MB)."""
+    peak = rss_mb(pid)
+    sent = 0
+    try:
+        writer.write(head)
+        for _ in range(frames):
+            writer.write(frame)
+            await asyncio.wait_for(writer.drain(), 5.0)
+            if writer.is_closing():
+                break
+            sent += 1
+            peak = max(peak, rss_mb(pid))
+    except (ConnectionError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return sent, peak
+
+
 async def snapshot_flood(
     port: int, cid: int, frm: int, to: int, mib: int, pid: int, fake_auth: bool = False
 ) -> tuple[int, float]:
     """Snapshot chunks that never end (1 MiB each): (MiB sent before the node closed, peak RSS of pid in MB)."""
     _, writer = await _open(port, fake_auth)
-    peak = rss_mb(pid)
-    chunk = b"\0" * (1 << 20)
-    sent = 0
-    try:
-        writer.write(pack([F_HELLO, cid, frm, to]))
-        for _ in range(mib):
-            writer.write(pack([F_SNAP_CHUNK, 1 << 40, chunk, None]))
-            await asyncio.wait_for(writer.drain(), 5.0)
-            if writer.is_closing():
-                break
-            sent += 1
-            peak = max(peak, rss_mb(pid))
-    except (ConnectionError, TimeoutError):
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-    return sent, peak
+    chunk = pack([F_SNAP_CHUNK, 1 << 40, b"\0" * (1 << 20), None])
+    return await _pump(writer, pack([F_HELLO, cid, frm, to]), mib, chunk, pid)
 
 
 async def big_frame(port: int, announce: int, send_mib: int, pid: int) -> tuple[int, float]:
     """A frame header announcing `announce` bytes, then send_mib MiB of its body: (MiB sent, peak RSS in MB)."""
     _, writer = await _open(port)
-    peak = rss_mb(pid)
-    chunk = b"\0" * (1 << 20)
-    sent = 0
-    try:
-        writer.write(struct.pack(">I", announce))
-        for _ in range(send_mib):
-            writer.write(chunk)
-            await asyncio.wait_for(writer.drain(), 5.0)
-            if writer.is_closing():
-                break
-            sent += 1
-            peak = max(peak, rss_mb(pid))
-    except (ConnectionError, TimeoutError):
-        pass
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-    return sent, peak
+    return await _pump(writer, struct.pack(">I", announce), send_mib, b"\0" * (1 << 20), pid)
 
 
 async def idle_flood(port: int, conns: int, stop: asyncio.Event, pause: float = 0.3) -> int:
