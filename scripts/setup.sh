@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(etcd-server etcd-client iptables iproute2 procps e2fsprogs util-linux)
+want=(etcd-server etcd-client iptables iproute2 procps e2fsprogs util-linux openssh-server openssh-client)
 need=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
@@ -22,6 +22,10 @@ fi
 # Debian's etcd-server enables a system etcd on the default ports; quorumlab never needs it
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl stop etcd || true
+fi
+# nor a system sshd: the SSH tests start their own, inside network namespaces they create
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ssh 2>/dev/null; then
+  systemctl stop ssh || true
 fi
 
 PY=${PYTHON:-python3}
