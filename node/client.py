@@ -119,11 +119,18 @@ class Client:
         timeout: float = 5.0,
         secret: bytes | None = None,
         tls: ClientTLS | None = None,
+        user: str | None = None,
+        password: str = "",
     ) -> None:
         """secret: the cluster's (its state dir's peer.secret); Admin calls then carry the token derived from it.
-        tls: connect over TLS to every endpoint (a cluster started with `orchestrate up --tls`)."""
+        tls: connect over TLS to every endpoint (a cluster started with `orchestrate up --tls`).
+        user, password: etcd auth, as etcd's Go client: Authenticate on first use, send the simple
+        token as metadata `token`, authenticate again when a node calls it invalid; a cluster
+        with auth disabled ("authentication is not enabled") is used without a token."""
         if not endpoints:
             raise ValueError("no endpoints given")
+        self._user, self._password = user, password
+        self._token: str | None = None  # None: not asked yet; "": auth is not enabled
         self._admin_md = ((ADMIN_METADATA_KEY, admin_token(secret)),) if secret is not None else None
         self.endpoints = [_strip(e) for e in endpoints]
         self.timeout = timeout
@@ -163,6 +170,33 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _auth_md(self, ep: str, renew: bool = False) -> tuple[tuple[str, str], ...] | None:
+        """The token metadata for calls when a user was given (authenticating at ep if needed)."""
+        if self._user is None:
+            return None
+        if self._token is None or renew:
+            req = rpc_pb2.AuthenticateRequest(name=self._user, password=self._password)
+            try:
+                r = await rpc_pb2_grpc.AuthStub(self._conn(ep).channel).Authenticate(req, timeout=self.timeout)
+                self._token = str(r.token)
+            except grpc.aio.AioRpcError as e:
+                err = ClientError(e.code(), e.details() or str(e.code()), ep)
+                if err.reason != Reason.AUTH_NOT_ENABLED:
+                    raise err from None
+                self._token = ""
+        return (("token", self._token),) if self._token else None
+
+    async def _invoke(self, ep: str, service: str, method: str, req: Any, timeout: float) -> Any:
+        """One call at ep with the auth token; a token the node calls invalid is renewed once."""
+        stub = getattr(self._conn(ep), service)
+        md = await self._auth_md(ep)
+        try:
+            return await getattr(stub, method)(req, timeout=timeout, metadata=md)
+        except grpc.aio.AioRpcError as e:
+            if md is None or e.details() != Reason.INVALID_AUTH_TOKEN.text:
+                raise
+        return await getattr(stub, method)(req, timeout=timeout, metadata=await self._auth_md(ep, renew=True))
+
     async def _call(self, service: str, method: str, req: Any, *, safe: bool, timeout: float | None = None) -> Any:
         """Try endpoints in round-robin order; move on only when it is safe to."""
         last: ClientError | None = None
@@ -171,9 +205,8 @@ class Client:
         self._next = (self._next + 1) % n
         for i in range(n):
             ep = self.endpoints[(start + i) % n]
-            stub = getattr(self._conn(ep), service)
             try:
-                return await getattr(stub, method)(req, timeout=timeout or self.timeout)
+                return await self._invoke(ep, service, method, req, timeout or self.timeout)
             except grpc.aio.AioRpcError as e:
                 err = ClientError(e.code(), e.details() or str(e.code()), ep)
                 never_taken = e.code() == grpc.StatusCode.UNAVAILABLE and err.reason in (
@@ -273,7 +306,7 @@ class Client:
             key=k, range_end=prefix_end(k) if prefix else b"", start_revision=start_revision, prev_kv=prev_kv
         )
         conn = self._conn(endpoint or self.endpoints[0])
-        call = conn.watch.Watch()
+        call = conn.watch.Watch(metadata=await self._auth_md(conn.endpoint))
         await call.write(rpc_pb2.WatchRequest(create_request=create))
         try:
             while True:
@@ -300,7 +333,7 @@ class Client:
 
     async def lease_keepalive_once(self, lease_id: int) -> int:
         conn = self._conn(self.endpoints[self._next % len(self.endpoints)])
-        call = conn.lease.LeaseKeepAlive(timeout=self.timeout)
+        call = conn.lease.LeaseKeepAlive(timeout=self.timeout, metadata=await self._auth_md(conn.endpoint))
         try:
             await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
             resp = await call.read()
@@ -333,9 +366,11 @@ class Client:
     async def _at(self, endpoint: str, service: str, method: str, req: Any, timeout: float | None = None) -> Any:
         """One call to this endpoint, no failover: the caller asked about this node."""
         try:
-            stub = getattr(self._conn(_strip(endpoint)), service)
-            md = self._admin_md if service == "admin" else None
-            return await getattr(stub, method)(req, timeout=timeout or self.timeout, metadata=md)
+            ep = _strip(endpoint)
+            if service == "admin":
+                stub = getattr(self._conn(ep), service)
+                return await getattr(stub, method)(req, timeout=timeout or self.timeout, metadata=self._admin_md)
+            return await self._invoke(ep, service, method, req, timeout or self.timeout)
         except grpc.aio.AioRpcError as e:
             raise ClientError(e.code(), e.details() or "", endpoint) from None
 

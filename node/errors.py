@@ -72,6 +72,31 @@ class Reason(enum.Enum):
         _C.FAILED_PRECONDITION,
         "etcdserver: can only promote a learner member which is in sync with leader",
     )
+    # auth (etcd's rpctypes; the codes are etcd's, not always the obvious ones)
+    ROOT_USER_NOT_EXIST = (_C.FAILED_PRECONDITION, "etcdserver: root user does not exist")
+    ROOT_ROLE_NOT_EXIST = (_C.FAILED_PRECONDITION, "etcdserver: root user does not have root role")
+    USER_ALREADY_EXIST = (_C.FAILED_PRECONDITION, "etcdserver: user name already exists")
+    USER_EMPTY = (_C.INVALID_ARGUMENT, "etcdserver: user name is empty")
+    USER_NOT_FOUND = (_C.FAILED_PRECONDITION, "etcdserver: user name not found")
+    ROLE_ALREADY_EXIST = (_C.FAILED_PRECONDITION, "etcdserver: role name already exists")
+    ROLE_NOT_FOUND = (_C.FAILED_PRECONDITION, "etcdserver: role name not found")
+    ROLE_EMPTY = (_C.INVALID_ARGUMENT, "etcdserver: role name is empty")
+    AUTH_FAILED = (_C.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password")
+    PERMISSION_DENIED = (_C.PERMISSION_DENIED, "etcdserver: permission denied")
+    ROLE_NOT_GRANTED = (_C.FAILED_PRECONDITION, "etcdserver: role is not granted to the user")
+    PERMISSION_NOT_GRANTED = (_C.FAILED_PRECONDITION, "etcdserver: permission is not granted to the role")
+    AUTH_NOT_ENABLED = (_C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
+    INVALID_AUTH_TOKEN = (_C.UNAUTHENTICATED, "etcdserver: invalid auth token")
+    INVALID_AUTH_MGMT = (_C.INVALID_ARGUMENT, "etcdserver: invalid auth management")
+    AUTH_OLD_REVISION = (_C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old")
+    # etcd 3.4's Maintenance service (Defragment, Hash, HashKV, Snapshot) returns the auth store's
+    # own errors unmapped: clients see code Unknown and these texts
+    RAW_PERMISSION_DENIED = (_C.UNKNOWN, "auth: permission denied")
+    RAW_USER_EMPTY = (_C.UNKNOWN, "auth: user name is empty")
+    RAW_USER_NOT_FOUND = (_C.UNKNOWN, "auth: user not found")
+    RAW_INVALID_AUTH_TOKEN = (_C.UNKNOWN, "auth: invalid auth token")
+    # etcd 3.4 has no gRPC mapping for this one: its clients see code Unknown with the store's text
+    NO_PASSWORD_USER = (_C.UNKNOWN, "auth: authentication failed, password was given for no password user")
     # quorumlab's own
     NO_FAULT_INJECTION = (
         _C.FAILED_PRECONDITION,

@@ -46,6 +46,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberAdd(
         self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberAddResponse:
+        await self.ctx.check_admin(context)  # etcd: member changes need the root role
         if not request.peerURLs:
             raise EtcdError(Reason.PEER_URLS_NOT_PROVIDED)
         urls = [normalize_url(u) for u in request.peerURLs]
@@ -70,6 +71,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberRemove(
         self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberRemoveResponse:
+        await self.ctx.check_admin(context)  # etcd: member changes need the root role
         m = self._require_member(request.ID)
         await self.ctx.node.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, request.ID), m)
         return rpc_pb2.MemberRemoveResponse(header=self.ctx.header(), members=self._members())
@@ -78,6 +80,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberPromote(
         self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberPromoteResponse:
+        await self.ctx.check_admin(context)  # etcd: member changes need the root role
         node = self.ctx.node
         m = self._require_member(request.ID)
         r = node.raft
@@ -94,6 +97,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberUpdate(
         self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberUpdateResponse:
+        await self.ctx.check_admin(context)  # etcd: member changes need the root role
         self._require_member(request.ID)
         await self.ctx.node.propose_peer_urls(request.ID, [normalize_url(u) for u in request.peerURLs])
         return rpc_pb2.MemberUpdateResponse(header=self.ctx.header(), members=self._members())

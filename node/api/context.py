@@ -10,6 +10,7 @@ import grpc
 
 from node.errors import EtcdError, Reason
 from node.kv.apply import KVStateMachine
+from node.kv.auth import AuthInfo
 from node.pb import rpc_pb2
 from node.server.raftnode import RaftNode
 
@@ -21,6 +22,8 @@ GRPC_RECV_LIMIT = MAX_REQUEST_BYTES + 512 * 1024
 VERSION = "3.5.0"  # the etcd API level we speak; etcdctl gates features on it
 
 T = TypeVar("T")
+TOKEN_KEYS = ("token", "authorization")  # etcd's gRPC metadata key, and its gateway's
+TOKEN_INDEX_WAIT_S = 5.0  # how long a token from another member may wait for its entry here
 
 
 class Ctx:
@@ -63,6 +66,39 @@ class Ctx:
         if isinstance(result, EtcdError):
             raise result
         return result
+
+    async def auth_info(self, context: grpc.aio.ServicerContext) -> AuthInfo | None:
+        """etcd's AuthInfoFromCtx: the user of the request's token at the current auth revision.
+
+        None when auth is disabled (the metadata is not even read: the hot path pays one flag
+        test; etcd would refuse a stale token here, we ignore it) or no token was sent. A token
+        names the index of the entry that assigned it: a member that has not applied it yet
+        waits for it, as etcd does, so a token from one member works on every member."""
+        auth = self.sm.auth
+        if not auth.enabled:
+            return None
+        token = next((v for k, v in context.invocation_metadata() or () if k in TOKEN_KEYS), None)
+        if token is None:
+            return None
+        if not isinstance(token, str):
+            raise EtcdError(Reason.INVALID_AUTH_TOKEN)
+        _, dot, index = token.rpartition(".")
+        if not dot or not index.isdigit():
+            raise EtcdError(Reason.INVALID_AUTH_TOKEN)
+        if int(index) > self.node.applied:
+            try:
+                await self.node.wait_applied(int(index), TOKEN_INDEX_WAIT_S)
+            except EtcdError:
+                raise EtcdError(Reason.INVALID_AUTH_TOKEN) from None
+        user = auth.token_user(token)
+        if user is None:
+            raise EtcdError(Reason.INVALID_AUTH_TOKEN)
+        return AuthInfo(user, auth.revision)
+
+    async def check_admin(self, context: grpc.aio.ServicerContext) -> None:
+        """etcd's IsAdminPermitted at the API (member changes, Defragment, Hash, HashKV, Snapshot)."""
+        if self.sm.auth.enabled:
+            self.sm.auth.check_admin(await self.auth_info(context))
 
     def leader_client_url(self) -> str | None:
         m = self.node.members.get(self.node.lead)

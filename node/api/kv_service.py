@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from node.errors import EtcdError, Reason
 from node.kv.apply import (
     OP_COMPACT,
     OP_DELETE,
@@ -23,6 +24,7 @@ from node.kv.apply import (
     validate_range,
     validate_txn,
 )
+from node.kv.auth import AuthInfo
 from node.kv.reads import read_range, read_txn
 from node.pb import rpc_pb2, rpc_pb2_grpc
 
@@ -98,17 +100,26 @@ class KVService(rpc_pb2_grpc.KVServicer):
     async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> bytes:
         self.ctx.check_size(request)
         validate_range(request)
+        ai = await self.ctx.auth_info(context)
         if not request.serializable:
             await self.ctx.node.read_barrier()
+        auth = self.ctx.sm.auth
+        if auth.enabled:  # etcd's doSerialize: check, read, and refuse if auth changed meanwhile
+            auth.check(ai, request.key, request.range_end, False)
         out = await read_range(self.ctx.sm, request)
+        self._check_auth_unchanged(ai)
         return await _join(out.parts(self.ctx.header(out.revision)))
+
+    def _check_auth_unchanged(self, ai: AuthInfo | None) -> None:
+        if ai is not None and ai.revision != self.ctx.sm.auth.revision:
+            raise EtcdError(Reason.AUTH_OLD_REVISION)
 
     @grpc_errors
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
         self.ctx.check_size(request)
         validate_put(request)
         await self.ctx.space.admit(request)
-        res = await self.ctx.propose(encode(OP_PUT, request))
+        res = await self.ctx.propose(encode(OP_PUT, request, await self.ctx.auth_info(context)))
         return self.ctx.fill(res)
 
     @grpc_errors
@@ -117,7 +128,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     ) -> rpc_pb2.DeleteRangeResponse:
         self.ctx.check_size(request)
         validate_delete(request)
-        res = await self.ctx.propose(encode(OP_DELETE, request))
+        res = await self.ctx.propose(encode(OP_DELETE, request, await self.ctx.auth_info(context)))
         return self.ctx.fill(res)
 
     @grpc_errors
@@ -125,13 +136,17 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.ctx.check_size(request)
         validate_txn(request)
         sm = self.ctx.sm
+        ai = await self.ctx.auth_info(context)
         if sm.txn_is_read_only(request):
             if not _all_serializable(request):
                 await self.ctx.node.read_barrier()
+            if sm.auth.enabled:
+                sm.auth.check_txn(ai, request)
             out = await read_txn(sm, request)
+            self._check_auth_unchanged(ai)
             return await _join(out.parts(self.ctx.header(out.revision)))
         await self.ctx.space.admit(request)
-        res = await self.ctx.propose(encode(OP_TXN, request))
+        res = await self.ctx.propose(encode(OP_TXN, request, ai))
         return self._fill_txn(res)
 
     def _fill_txn(self, resp: rpc_pb2.TxnResponse, nested: bool = False) -> rpc_pb2.TxnResponse:
@@ -154,5 +169,5 @@ class KVService(rpc_pb2_grpc.KVServicer):
     async def Compact(
         self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.CompactionResponse:
-        res = await self.ctx.propose(encode(OP_COMPACT, request))
+        res = await self.ctx.propose(encode(OP_COMPACT, request, await self.ctx.auth_info(context)))
         return self.ctx.fill(res)

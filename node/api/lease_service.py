@@ -48,14 +48,14 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         min_ttl = math.ceil(1.5 * self.ctx.node.cfg.election_ms / 1000)
         req = rpc_pb2.LeaseGrantRequest(TTL=max(request.TTL, min_ttl), ID=request.ID or random.getrandbits(62) + 1)
         await self.ctx.space.admit(req)
-        res = await self.ctx.propose(encode(OP_LEASE_GRANT, req))
+        res = await self.ctx.propose(encode(OP_LEASE_GRANT, req, await self.ctx.auth_info(context)))
         return self.ctx.fill(res)
 
     @grpc_errors
     async def LeaseRevoke(
         self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseRevokeResponse:
-        res = await self.ctx.propose(encode(OP_LEASE_REVOKE, request))
+        res = await self.ctx.propose(encode(OP_LEASE_REVOKE, request, await self.ctx.auth_info(context)))
         return self.ctx.fill(res)
 
     async def _keep_alive_one(self, lease_id: int) -> rpc_pb2.LeaseKeepAliveResponse:

@@ -14,6 +14,7 @@ import time
 
 from node.errors import EtcdError
 from node.kv.apply import OP_LEASE_REVOKE, KVStateMachine, encode
+from node.kv.auth import ROOT, AuthInfo
 from node.pb import rpc_pb2
 from node.server.raftnode import RaftNode
 
@@ -87,7 +88,10 @@ class Lessor:
 
     async def _revoke(self, lease_id: int) -> None:
         try:
-            await self.node.propose(encode(OP_LEASE_REVOKE, rpc_pb2.LeaseRevokeRequest(ID=lease_id)))
+            # as etcd's WithRoot: an expiry is the cluster's own act, checked as root's
+            auth = self.sm.auth
+            ai = AuthInfo(ROOT, auth.revision) if auth.enabled else None
+            await self.node.propose(encode(OP_LEASE_REVOKE, rpc_pb2.LeaseRevokeRequest(ID=lease_id), ai))
             log.info("lease %x expired and was revoked", lease_id)
         except EtcdError as e:
             log.info("revoking expired lease %x failed (%s); will retry", lease_id, e)

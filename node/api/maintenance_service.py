@@ -1,4 +1,8 @@
-"""etcdserverpb.Maintenance: Status, Alarm, Hash/HashKV, Defragment, MoveLeader (Snapshot: see below)."""
+"""etcdserverpb.Maintenance: Status, Alarm, Hash/HashKV, Defragment, MoveLeader (Snapshot: see below).
+
+With auth enabled, Defragment, Hash, HashKV and Snapshot need the root role; Status, Alarm and
+MoveLeader stay open, as in etcd 3.4.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,24 @@ SNAPSHOT_UNSUPPORTED = (
     "store is not bbolt (back up with `orchestrate kv get --prefix ''` instead)"
 )
 
+_RAW = {
+    Reason.PERMISSION_DENIED: Reason.RAW_PERMISSION_DENIED,
+    Reason.USER_EMPTY: Reason.RAW_USER_EMPTY,
+    Reason.USER_NOT_FOUND: Reason.RAW_USER_NOT_FOUND,
+    Reason.INVALID_AUTH_TOKEN: Reason.RAW_INVALID_AUTH_TOKEN,
+}
+
 
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
+
+    async def _check_admin(self, context: grpc.aio.ServicerContext) -> None:
+        """The root role, refused with the auth store's raw error as etcd 3.4's maintenance server does."""
+        try:
+            await self.ctx.check_admin(context)
+        except EtcdError as e:
+            raise EtcdError(_RAW.get(e.reason, Reason.RAW_PERMISSION_DENIED)) from None
 
     @grpc_errors
     async def Status(self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.StatusResponse:
@@ -56,21 +74,28 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DefragmentResponse:
+        await self._check_admin(context)
         return rpc_pb2.DefragmentResponse(header=self.ctx.header())  # in memory: nothing to defragment
 
     @grpc_errors
     async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
+        await self._check_admin(context)
         h = zlib.crc32(await self.ctx.sm.snapshot_async()) & 0xFFFFFFFF
         return rpc_pb2.HashResponse(header=self.ctx.header(), hash=h)
 
     @grpc_errors
     async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
+        await self._check_admin(context)
         h, crev, hrev = self.ctx.sm.hash_kv(request.revision)
         return rpc_pb2.HashKVResponse(header=self.ctx.header(), hash=h, compact_revision=crev, hash_revision=hrev)
 
     async def Snapshot(  # type: ignore[override]
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        try:
+            await self._check_admin(context)
+        except EtcdError as e:
+            await context.abort(e.code or grpc.StatusCode.UNKNOWN, str(e))
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, SNAPSHOT_UNSUPPORTED)
         yield rpc_pb2.SnapshotResponse()  # pragma: no cover - abort raises
 

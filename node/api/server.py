@@ -13,6 +13,7 @@ from node.server.raftnode import RaftNode
 from node.server.transport import parse_hostport
 
 from .admin_service import AdminService
+from .auth_service import AuthService
 from .cluster_service import ClusterService
 from .compactor import Compactor
 from .context import GRPC_RECV_LIMIT, Ctx
@@ -82,6 +83,7 @@ class ApiServer:
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self.ctx), self.server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.ctx, token), self.server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.ctx), self.server)
+        rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(self.ctx), self.server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.ctx), self.server)
 
     async def start(self, listen: str, tls: ServerTLS | None = None) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.errors import EtcdError
+from node.errors import EtcdError, Reason
 from node.kv import Batch, WatchHub, WatchStream
 from node.kv.apply import to_pb
 from node.kv.mvcc import DELETE
@@ -17,6 +17,24 @@ from node.kv.watch import OUTBOX_LIMIT
 from node.pb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 from .context import Ctx
+
+
+def _grpc_error_text(r: Reason) -> str:
+    """Go's status.Error(...).Error(), which etcd puts in a watch's cancel_reason for auth refusals."""
+    return f"rpc error: code = {_GO_CODES[r.code]} desc = {r.text}"
+
+
+_GO_CODES = {
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+}
+_AUTH_CANCEL = {
+    r: _grpc_error_text(r)
+    for r in (Reason.INVALID_AUTH_TOKEN, Reason.AUTH_OLD_REVISION, Reason.USER_EMPTY, Reason.PERMISSION_DENIED)
+}
+# any other auth refusal is reported as permission denied, as etcd does
+_AUTH_CANCEL[Reason.USER_NOT_FOUND] = _AUTH_CANCEL[Reason.PERMISSION_DENIED]
 
 PROGRESS_INTERVAL = float(os.environ.get("QUORUMLAB_WATCH_PROGRESS_INTERVAL", "600"))
 
@@ -59,7 +77,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             return True
 
         stream = WatchStream(self.hub, send)
-        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, stream, out))
+        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, stream, out, context))
         ticker = asyncio.get_running_loop().create_task(self._progress(stream, out))
         try:
             while True:
@@ -71,7 +89,11 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             stream.close()
 
     async def _read(
-        self, requests: AsyncIterator[rpc_pb2.WatchRequest], stream: WatchStream, out: asyncio.Queue[Batch]
+        self,
+        requests: AsyncIterator[rpc_pb2.WatchRequest],
+        stream: WatchStream,
+        out: asyncio.Queue[Batch],
+        context: grpc.aio.ServicerContext,
     ) -> None:
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             async for req in requests:
@@ -79,6 +101,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 if which == "create_request":
                     cr = req.create_request
                     try:
+                        await self._check_permitted(cr, context)
                         stream.create(
                             cr.key,
                             cr.range_end,
@@ -89,13 +112,20 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                             watch_id=cr.watch_id,
                         )
                     except EtcdError as e:
+                        reason = _AUTH_CANCEL.get(e.reason, str(e))
                         out.put_nowait(
-                            Batch(-1, self.hub.store.revision, [], created=True, canceled=True, cancel_reason=str(e))
+                            Batch(-1, self.hub.store.revision, [], created=True, canceled=True, cancel_reason=reason)
                         )
                 elif which == "cancel_request":
                     stream.cancel(req.cancel_request.watch_id)
                 elif which == "progress_request":
                     out.put_nowait(Batch(-1, self.hub.progress(), []))
+
+    async def _check_permitted(self, cr: rpc_pb2.WatchCreateRequest, context: grpc.aio.ServicerContext) -> None:
+        """etcd's isWatchPermitted: read permission on the watched key or range, checked at create."""
+        auth = self.ctx.sm.auth
+        if auth.enabled:
+            auth.check(await self.ctx.auth_info(context), cr.key, cr.range_end, False)
 
     async def _progress(self, stream: WatchStream, out: asyncio.Queue[Batch]) -> None:
         while True:

@@ -6,7 +6,10 @@ leader elsewhere (node/api/lessor.py) and arrives here as a LeaseRevoke entry.
 Requests are validated (validate_*) before they are proposed, so an entry
 either applies fully or fails as a whole with an etcd error. While a NOSPACE
 alarm is active, puts, txns with puts and lease grants fail at apply (etcd's
-capped applier), so every member refuses the same entries.
+capped applier), so every member refuses the same entries. With auth enabled (node/kv/auth.py)
+an entry carries its sender's user and auth revision and is checked here, as etcd's authApplierV3
+does: permissions are replicated state, so every member decides the same; with auth disabled the
+only cost is one flag test.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import msgpack
 from node.errors import EtcdError, Reason
 from node.pb import kv_pb2, rpc_pb2
 
+from .auth import AuthInfo, AuthStore
 from .mvcc import KV, MVCCStore, WriteTxn, in_range
 from .quota import cost_txn
 
@@ -29,7 +33,7 @@ MAX_TXN_OPS = 128
 STEP_BUDGET_S = 0.002  # the most a snapshot walk or compaction step holds the event loop
 MAX_LEASE_TTL = 9_000_000_000
 
-OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_LEASE_GRANT, OP_LEASE_REVOKE, OP_ALARM = range(1, 8)
+OP_PUT, OP_DELETE, OP_TXN, OP_COMPACT, OP_LEASE_GRANT, OP_LEASE_REVOKE, OP_ALARM, OP_AUTH = range(1, 9)
 
 
 @dataclass
@@ -139,8 +143,17 @@ def _check_duplicates(ops: Any) -> None:
                 raise EtcdError(Reason.DUPLICATE_KEY)
 
 
-def encode(op: int, msg: Any) -> bytes:
-    return msgpack.packb([op, msg.SerializeToString()])
+def encode(op: int, msg: Any, ai: AuthInfo | None = None) -> bytes:
+    """An entry: [op, request] or, from an authenticated client, [op, request, user, auth revision]."""
+    if ai is None:
+        return msgpack.packb([op, msg.SerializeToString()])
+    return msgpack.packb([op, msg.SerializeToString(), ai.user, ai.revision])
+
+
+def encode_auth(method: str, msg: Any, ai: AuthInfo | None, extra: str = "") -> bytes:
+    """An Auth service entry: passwords in msg are already hashed (or blank) by the proposer."""
+    user, rev = (ai.user, ai.revision) if ai is not None else ("", 0)
+    return msgpack.packb([OP_AUTH, msg.SerializeToString(), user, rev, method, extra])
 
 
 class KVStateMachine:
@@ -150,6 +163,8 @@ class KVStateMachine:
         self.store = MVCCStore()
         self.leases: dict[int, LeaseState] = {}
         self.alarms: dict[tuple[int, int], None] = {}
+        self.auth = AuthStore()
+        self._ai: AuthInfo | None = None  # the sender of the entry being applied (auth enabled only)
         self.consistent_index = 0
         self.on_lease_granted: list[Any] = []
         self.on_lease_revoked: list[Any] = []
@@ -159,8 +174,11 @@ class KVStateMachine:
     # -- StateMachine protocol ------------------------------------------------------
     def apply(self, index: int, payload: bytes) -> Any:
         self.consistent_index = index
-        op, body = msgpack.unpackb(payload)
+        op, body, *hdr = msgpack.unpackb(payload)
+        self._ai = AuthInfo(hdr[0], hdr[1]) if hdr and hdr[1] else None
         try:
+            if op == OP_AUTH:
+                return self.auth.apply(hdr[2], body, self._ai, index, hdr[3])
             if op == OP_PUT:
                 self._check_space()
                 return self._put(rpc_pb2.PutRequest.FromString(body))
@@ -195,12 +213,21 @@ class KVStateMachine:
     # -- snapshots -------------------------------------------------------------------
     @staticmethod
     def _parts(
-        store: list[bytes], leases: list[tuple[int, int]], alarms: list[tuple[int, int]], ci: int
+        store: list[bytes],
+        leases: list[tuple[int, int]],
+        alarms: list[tuple[int, int]],
+        ci: int,
+        auth: dict[str, Any] | None = None,
     ) -> list[bytes]:
-        """The snapshot format: a map {v: 2, store, leases, alarms, ci}, as pieces to join."""
+        """The snapshot format: a map {v: 2, store, leases, alarms, ci[, auth]}, as pieces to join.
+
+        "auth" is written only once the auth store holds something, so a cluster that never used
+        auth writes exactly the old format (and older snapshots, without it, still load)."""
         p = msgpack.Packer()
-        head = p.pack_map_header(5) + p.pack("v") + p.pack(2) + p.pack("store")
+        head = p.pack_map_header(5 if auth is None else 6) + p.pack("v") + p.pack(2) + p.pack("store")
         tail = p.pack("leases") + p.pack(leases) + p.pack("alarms") + p.pack(alarms) + p.pack("ci") + p.pack(ci)
+        if auth is not None:
+            tail += p.pack("auth") + p.pack(auth)
         return [head, *store, tail]
 
     def snapshot_async(self) -> Coroutine[Any, Any, bytes]:
@@ -215,6 +242,8 @@ class KVStateMachine:
         leases = [(lease.id, lease.ttl) for lease in self.leases.values()]
         alarms = list(self.alarms)
         ci = self.consistent_index
+        a = self.auth
+        auth = a.dump() if a.enabled or a.users or a.roles or a.revision != 1 else None
 
         async def finish() -> bytes:
             try:
@@ -222,7 +251,7 @@ class KVStateMachine:
                     await asyncio.sleep(0)
             finally:
                 walk.close()
-            parts = self._parts(walk.parts(), leases, alarms, ci)
+            parts = self._parts(walk.parts(), leases, alarms, ci, auth)
             return await asyncio.to_thread(b"".join, parts)  # only bytes cross to the thread
 
         return finish()
@@ -230,10 +259,13 @@ class KVStateMachine:
     def restore(self, data: bytes) -> None:
         """Read snapshot_async() output, or the older list format."""
         blob = msgpack.unpackb(data)
+        auth = None
         if isinstance(blob, dict):
             store, leases, alarms, ci = blob["store"], blob["leases"], blob["alarms"], blob["ci"]
+            auth = blob.get("auth")
         else:
             store, leases, alarms, ci = blob
+        self.auth.load(auth)
         self.store.load(store)  # in place: watchers stay attached to the same store
         self.leases = {int(i): LeaseState(int(i), int(t)) for i, t in leases}
         for k, v in self.store.keys.items():
@@ -275,6 +307,11 @@ class KVStateMachine:
 
     # -- writes ----------------------------------------------------------------------
     def _put(self, r: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
+        if self.auth.enabled:  # etcd's authApplierV3.Put
+            self.auth.check(self._ai, r.key, b"", True)
+            self._check_lease_puts(r.lease)
+            if r.prev_kv:
+                self.auth.check(self._ai, r.key, b"", False)
         txn = self.store.begin()
         resp = self._put_in(txn, r)
         resp.header.revision = txn.end()
@@ -303,6 +340,10 @@ class KVStateMachine:
         return resp
 
     def _delete(self, r: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
+        if self.auth.enabled:
+            self.auth.check(self._ai, r.key, r.range_end, True)
+            if r.prev_kv:
+                self.auth.check(self._ai, r.key, r.range_end, False)
         txn = self.store.begin()
         resp = self._delete_in(txn, r)
         resp.header.revision = txn.end()
@@ -350,6 +391,8 @@ class KVStateMachine:
         return True
 
     def _txn(self, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        if self.auth.enabled:
+            self.auth.check_txn(self._ai, t)
         txn = self.store.begin()
         # dry-run semantics: if any op fails (e.g. a lease is missing) nothing is applied
         saved_leases = {i: set(s.keys) for i, s in self.leases.items()}
@@ -414,6 +457,12 @@ class KVStateMachine:
             await asyncio.sleep(0 if s.trimming() else 0.05)
 
     # -- leases ------------------------------------------------------------------------
+    def _check_lease_puts(self, lease_id: int) -> None:
+        """etcd's checkLeasePuts: using or revoking a lease needs write on every key it holds."""
+        lease = self.leases.get(lease_id)
+        for k in sorted(lease.keys) if lease is not None else ():
+            self.auth.check(self._ai, k, b"", True)
+
     def _lease_grant(self, r: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
         if r.ID in self.leases:
             raise EtcdError(Reason.LEASE_EXISTS)
@@ -426,6 +475,8 @@ class KVStateMachine:
         return resp
 
     def _lease_revoke(self, r: rpc_pb2.LeaseRevokeRequest) -> rpc_pb2.LeaseRevokeResponse:
+        if self.auth.enabled:
+            self._check_lease_puts(r.ID)
         lease = self.leases.get(r.ID)
         if lease is None:
             raise EtcdError(Reason.LEASE_NOT_FOUND)

@@ -1,0 +1,118 @@
+"""etcdserverpb.Auth (etcd v3.4): every call is a log entry applied by node/kv/auth.py.
+
+As in etcd 3.4 even the reads (UserGet, UserList, RoleGet, RoleList) go through the log, so
+they are linearizable and checked against the replicated state. Passwords are hashed here,
+on the member that takes the request and off the event loop, before anything is proposed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from node.errors import EtcdError, Reason
+from node.kv.apply import encode_auth
+from node.kv.auth import check_password, hash_password, token_prefix
+from node.pb import rpc_pb2, rpc_pb2_grpc
+
+from .context import Ctx, grpc_errors
+
+AUTHENTICATE_TRIES = 3  # etcd retries until the auth revision did not move under the password check
+
+
+class AuthService(rpc_pb2_grpc.AuthServicer):
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    async def _propose(self, method: str, request: Any, context: grpc.aio.ServicerContext, extra: str = "") -> Any:
+        ai = await self.ctx.auth_info(context)
+        return self.ctx.fill(await self.ctx.propose(encode_auth(method, request, ai, extra)))
+
+    @grpc_errors
+    async def AuthEnable(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("AuthEnable", request, context)
+
+    @grpc_errors
+    async def AuthDisable(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("AuthDisable", request, context)
+
+    @grpc_errors
+    async def Authenticate(self, request: rpc_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext) -> Any:
+        """etcd's: check the password against this member's (linearizable) state, then propose
+        the token assignment without the password; every member assigns `<prefix>.<index>`."""
+        await self.ctx.node.read_barrier()
+        auth = self.ctx.sm.auth
+        for _ in range(AUTHENTICATE_TRIES):
+            checked = auth.revision
+            stored = auth.password_of(request.name)
+            if not await asyncio.to_thread(check_password, stored, request.password):
+                raise EtcdError(Reason.AUTH_FAILED)
+            req = rpc_pb2.AuthenticateRequest(name=request.name)
+            resp = await self.ctx.propose(encode_auth("Authenticate", req, None, token_prefix()))
+            if checked == auth.revision:
+                break
+        return self.ctx.fill(resp)
+
+    @grpc_errors
+    async def UserAdd(self, request: rpc_pb2.AuthUserAddRequest, context: grpc.aio.ServicerContext) -> Any:
+        req = rpc_pb2.AuthUserAddRequest()
+        req.CopyFrom(request)
+        if request.name and not (request.HasField("options") and request.options.no_password):
+            req.password = await asyncio.to_thread(hash_password, request.password)
+        else:
+            req.password = ""
+        return await self._propose("UserAdd", req, context)
+
+    @grpc_errors
+    async def UserGet(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("UserGet", request, context)
+
+    @grpc_errors
+    async def UserList(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("UserList", request, context)
+
+    @grpc_errors
+    async def UserDelete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("UserDelete", request, context)
+
+    @grpc_errors
+    async def UserChangePassword(
+        self, request: rpc_pb2.AuthUserChangePasswordRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        hashed = await asyncio.to_thread(hash_password, request.password)
+        req = rpc_pb2.AuthUserChangePasswordRequest(name=request.name, password=hashed)
+        return await self._propose("UserChangePassword", req, context)
+
+    @grpc_errors
+    async def UserGrantRole(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("UserGrantRole", request, context)
+
+    @grpc_errors
+    async def UserRevokeRole(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("UserRevokeRole", request, context)
+
+    @grpc_errors
+    async def RoleAdd(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("RoleAdd", request, context)
+
+    @grpc_errors
+    async def RoleGet(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("RoleGet", request, context)
+
+    @grpc_errors
+    async def RoleList(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("RoleList", request, context)
+
+    @grpc_errors
+    async def RoleDelete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("RoleDelete", request, context)
+
+    @grpc_errors
+    async def RoleGrantPermission(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("RoleGrantPermission", request, context)
+
+    @grpc_errors
+    async def RoleRevokePermission(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("RoleRevokePermission", request, context)
