@@ -2,195 +2,60 @@
 
 A key-value store is linearizable iff each key, as a register, is (Herlihy &
 Wing's locality; porcupine's P-compositionality), so the history is split by
-key and each part is searched with Wing & Gong's algorithm plus Lowe's
-memoisation of (linearized set, state) pairs, as porcupine does.
+key and each part is searched (chaos.check.search: Wing & Gong plus Lowe's
+memo, pruned with what unique written values pin down), on all cores for
+large histories (chaos.check.pool).
 
 * ``fail`` operations never happened and are dropped.
 * ``info`` (unknown outcome) writes get an infinite return time: they may
   take effect at any point after their invocation, or never (linearizing
   them last is the same as never). ``info`` reads tell nothing and are dropped.
-* A time budget makes the answer ``unknown`` instead of running forever.
+* A time budget (overall and per key) and a bound on the search memo make
+  the answer ``unknown``, naming the key and the reason, instead of running
+  forever or exhausting memory. The first invalid key ends the check.
 
 On failure the report names the first operation no linearization could
 place, with the operations around it, and classifies it (stale read, read of
-a value never written, lost write).
+a value never written, lost write); ``draw_anomaly`` draws it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any
 
-from .history import FAIL, INFO, OK, Op
+from .check.draw import draw_anomaly
+from .check.model import INVALID, UNKNOWN, VALID, KeyResult, Result, relevant, rows_of
+from .check.pool import PROBE_S, run_inline, run_pool
+from .check.search import Outcome, search
+from .history import OK, Op
 
-VALID, INVALID, UNKNOWN = "valid", "invalid", "unknown"
+__all__ = [
+    "INVALID",
+    "UNKNOWN",
+    "VALID",
+    "KeyResult",
+    "Result",
+    "check",
+    "check_key",
+    "draw_anomaly",
+    "lost_writes",
+]
 
-
-@dataclass
-class KeyResult:
-    key: str
-    verdict: str
-    ops: int
-    explored: int = 0
-    culprit: Op | None = None
-    kind: str = ""  # stale read | never-written value | lost write | ...
-    window: list[Op] = field(default_factory=list)
-
-    def explain(self) -> str:
-        if self.verdict != INVALID or self.culprit is None:
-            return f"key {self.key}: {self.verdict} ({self.ops} operations)"
-        lines = [
-            f"key {self.key}: NOT linearizable — {self.kind}",
-            f"  cannot place: {self.culprit.describe()}",
-            "  operations around it:",
-        ]
-        lines += [f"    {op.describe()}" for op in self.window]
-        return "\n".join(lines)
+DEFAULT_MAX_MEMO = 1_000_000  # memo entries per key (~200 B each): ~200 MiB per worker at most
 
 
-@dataclass
-class Result:
-    verdict: str
-    keys: list[KeyResult]
-    seconds: float
-    ops: int
-    lost_writes: list[Op] = field(default_factory=list)
-
-    def failures(self) -> list[KeyResult]:
-        return [k for k in self.keys if k.verdict == INVALID]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "operations": self.ops,
-            "keys": len(self.keys),
-            "seconds": round(self.seconds, 3),
-            "invalid_keys": [k.key for k in self.failures()],
-            "unknown_keys": [k.key for k in self.keys if k.verdict == UNKNOWN],
-            "lost_writes": [op.describe() for op in self.lost_writes],
-            "explanations": [k.explain() for k in self.failures()],
-        }
-
-    def summary(self) -> str:
-        head = f"{self.verdict.upper()}: {self.ops} operations on {len(self.keys)} keys checked in {self.seconds:.2f}s"
-        parts = [head]
-        if self.lost_writes:
-            parts.append(f"{len(self.lost_writes)} acknowledged write(s) lost, e.g. {self.lost_writes[0].describe()}")
-        parts += [k.explain() for k in self.failures()[:3]]
-        unknown = [k.key for k in self.keys if k.verdict == UNKNOWN]
-        if unknown:
-            parts.append(f"undecided within the time budget: {', '.join(unknown[:5])}")
-        return "\n".join(parts)
+def _key_result(key: str, hist: list[Op], out: Outcome, took: float) -> KeyResult:
+    if out.verdict != INVALID:
+        return KeyResult(key, out.verdict, len(hist), out.explored, reason=out.reason, seconds=took)
+    prefix = [hist[i] for i in out.prefix]
+    culprit = hist[out.culprit] if out.culprit >= 0 else max(hist, key=lambda o: o.invoke)
+    kr = _explain(key, hist, culprit, out.explored)
+    kr.prefix, kr.seconds = prefix, took
+    return kr
 
 
-def _step(op: Op, state: str | None) -> tuple[bool, str | None]:
-    """Register semantics: may op take effect in this state, and what state follows?"""
-    if op.kind == "put":
-        return True, op.value
-    if op.kind == "get":
-        return op.value == state, state
-    # cas
-    matches = state == op.expect
-    if op.outcome == INFO:  # unknown: applied iff it matched (placing it last = never)
-        return True, op.value if matches else state
-    if op.succeeded:
-        return matches, op.value if matches else state
-    return not matches, state
-
-
-def check_key(key: str, ops: list[Op], deadline: float) -> KeyResult:
-    hist = [op for op in ops if op.outcome != FAIL and not (op.outcome == INFO and op.kind == "get")]
-    n = len(hist)
-    if n == 0:
-        return KeyResult(key, VALID, 0)
-    # events: (time, is_return, index); a call sorts before a return at the same time
-    events: list[tuple[float, int, int]] = []
-    for i, op in enumerate(hist):
-        ret = op.complete if (op.outcome == OK and op.complete is not None) else math.inf
-        events.append((op.invoke, 0, i))
-        events.append((ret, 1, i))
-    events.sort()
-    # doubly linked list over events
-    size = len(events)
-    nxt = list(range(1, size + 1))
-    prv = list(range(-1, size - 1))
-    head_next = 0  # index of the first live event (size = end)
-    call_pos = [0] * n
-    ret_pos = [0] * n
-    for pos, (_, is_ret, i) in enumerate(events):
-        if is_ret:
-            ret_pos[i] = pos
-        else:
-            call_pos[i] = pos
-
-    def unlink(p: int) -> None:
-        nonlocal head_next
-        a, b = prv[p], nxt[p]
-        if a >= 0:
-            nxt[a] = b
-        else:
-            head_next = b
-        if b < size:
-            prv[b] = a
-
-    def relink(p: int) -> None:
-        nonlocal head_next
-        a, b = prv[p], nxt[p]
-        if a >= 0:
-            nxt[a] = p
-        else:
-            head_next = p
-        if b < size:
-            prv[b] = p
-
-    state: str | None = None
-    linearized = 0  # bitset of op indexes
-    stack: list[tuple[int, str | None]] = []  # (op index, state before)
-    cache: set[tuple[int, str | None]] = set()
-    cur = head_next
-    explored = 0
-    best_depth, best_culprit = -1, 0
-    while head_next < size:
-        explored += 1
-        if explored & 0x3FF == 0 and time.monotonic() > deadline:
-            return KeyResult(key, UNKNOWN, n, explored)
-        _, is_ret, i = events[cur]
-        if not is_ret:
-            ok, new_state = _step(hist[i], state)
-            if ok:
-                key_c = (linearized | (1 << i), new_state)
-                if key_c not in cache:
-                    cache.add(key_c)
-                    stack.append((i, state))
-                    state = new_state
-                    linearized |= 1 << i
-                    unlink(call_pos[i])
-                    unlink(ret_pos[i])
-                    cur = head_next
-                    continue
-            cur = nxt[cur]
-            if cur >= size:  # only calls after this: cannot happen (returns end every op)
-                return KeyResult(key, INVALID, n, explored)
-            continue
-        # a return of an op we could not linearize before it: backtrack
-        if len(stack) > best_depth:
-            best_depth, best_culprit = len(stack), i
-        if not stack:
-            return _invalid(key, hist, best_culprit, explored)
-        j, prev_state = stack.pop()
-        state = prev_state
-        linearized &= ~(1 << j)
-        relink(ret_pos[j])
-        relink(call_pos[j])
-        cur = nxt[call_pos[j]]
-    return KeyResult(key, VALID, n, explored)
-
-
-def _invalid(key: str, hist: list[Op], culprit_idx: int, explored: int) -> KeyResult:
-    culprit = hist[culprit_idx]
+def _explain(key: str, hist: list[Op], culprit: Op, explored: int) -> KeyResult:
     kind = "no order of these operations explains the results"
     if culprit.kind == "get":
         written = {op.value for op in hist if op.kind in ("put", "cas")}
@@ -207,13 +72,27 @@ def _invalid(key: str, hist: list[Op], culprit_idx: int, explored: int) -> KeyRe
                 and op.value != culprit.value
             ]
             if newer:
-                kind = f"stale read: {newer[-1].value!r} had been acknowledged before this read began"
+                last = max(newer, key=lambda o: o.complete or 0.0)
+                kind = f"stale read: {last.value!r} had been acknowledged before this read began"
+            elif culprit.value is not None and all(
+                op.invoke > (culprit.complete or 0.0) for op in hist if op.kind != "get" and op.value == culprit.value
+            ):
+                kind = "read of a value written only after the read ended"
     elif culprit.kind == "cas":
         kind = "compare-and-set result contradicts every possible order"
     near = sorted(hist, key=lambda o: o.invoke)
     pos = near.index(culprit)
     window = near[max(0, pos - 6) : pos + 4]
     return KeyResult(key, INVALID, len(hist), explored, culprit, kind, window)
+
+
+def check_key(
+    key: str, ops: list[Op], deadline: float, max_memo: int = DEFAULT_MAX_MEMO
+) -> KeyResult:  # fmt: skip
+    """One key, in this process, until the monotonic deadline."""
+    hist = relevant(ops)
+    t0 = time.monotonic()
+    return _key_result(key, hist, search(rows_of(hist), deadline, max_memo), time.monotonic() - t0)
 
 
 def lost_writes(ops: list[Op], final: dict[str, str | None]) -> list[Op]:
@@ -229,18 +108,43 @@ def lost_writes(ops: list[Op], final: dict[str, str | None]) -> list[Op]:
     ]
 
 
-def check(ops: list[Op], budget_s: float = 30.0, final: dict[str, str | None] | None = None) -> Result:
+def check(
+    ops: list[Op],
+    budget_s: float = 30.0,
+    final: dict[str, str | None] | None = None,
+    *,
+    key_budget_s: float | None = None,
+    max_memo: int = DEFAULT_MAX_MEMO,
+    workers: int | None = None,
+) -> Result:
+    """Check every key; `workers=1` keeps it in this process (so does a small history)."""
     t0 = time.monotonic()
     by_key: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
         by_key[op.key].append(op)
+    hists = {k: relevant(v) for k, v in by_key.items()}
     deadline = t0 + budget_s
-    results = [check_key(k, v, deadline) for k, v in sorted(by_key.items(), key=lambda kv: -len(kv[1]))]
+    results: dict[str, KeyResult] = {}
+
+    def done(key: str, out: Outcome, took: float) -> bool:
+        results[key] = _key_result(key, hists[key], out, took)
+        return out.verdict == INVALID
+
+    tasks = [(k, rows_of(h)) for k, h in hists.items()]
+    per_key = budget_s if key_budget_s is None else min(key_budget_s, budget_s)
+    if workers == 1 or len(tasks) < 2:
+        run_inline(tasks, deadline, per_key, max_memo, done)
+    elif rest := run_inline(tasks, deadline, per_key, max_memo, done, probe_s=PROBE_S):
+        run_pool(rest, deadline, per_key, max_memo, done, workers)
+    for k, h in hists.items():
+        if k not in results:
+            results[k] = KeyResult(k, UNKNOWN, len(h), reason="not checked: another key was found invalid first")
+    keys = sorted(results.values(), key=lambda r: -r.ops)
     lost = lost_writes(ops, final) if final is not None else []
-    if any(r.verdict == INVALID for r in results) or lost:
+    if any(r.verdict == INVALID for r in keys) or lost:
         verdict = INVALID
-    elif any(r.verdict == UNKNOWN for r in results):
+    elif any(r.verdict == UNKNOWN for r in keys):
         verdict = UNKNOWN
     else:
         verdict = VALID
-    return Result(verdict, results, time.monotonic() - t0, len(ops), lost)
+    return Result(verdict, keys, time.monotonic() - t0, len(ops), lost)

@@ -110,8 +110,10 @@ def test_compare_and_set() -> None:
     assert check(absent).verdict == VALID
 
 
-def generate(n_ops: int, clients: int, keys: int, seed: int) -> list[Op]:
-    """A linearizable history: a simulated register store with real concurrency and lag."""
+def generate(n_ops: int, clients: int, keys: int, seed: int, *, values: int = 0, cas: float = 0.1) -> list[Op]:
+    """A linearizable history: a simulated register store with real concurrency and lag.
+
+    Written values are unique unless `values` > 0 (then drawn from that many)."""
     rng = random.Random(seed)
     store: dict[str, str | None] = {}
     ops: list[Op] = []
@@ -125,14 +127,14 @@ def generate(n_ops: int, clients: int, keys: int, seed: int) -> list[Op]:
         t[c] = end
         k = f"k{rng.randrange(keys)}"
         r = rng.random()
-        if r < 0.45:
-            o = Op(i, c, "put", k, f"v{i}", invoke=start, complete=end, outcome=OK)
-        elif r < 0.9:
+        new = f"x{rng.randrange(values)}" if values else f"v{i}"
+        if r < 0.5 - cas / 2:
+            o = Op(i, c, "put", k, new, invoke=start, complete=end, outcome=OK)
+        elif r < 1 - cas:
             o = Op(i, c, "get", k, invoke=start, complete=end, outcome=OK)
         else:
-            o = Op(
-                i, c, "cas", k, f"v{i}", expect=f"v{rng.randrange(max(1, i))}", invoke=start, complete=end, outcome=OK
-            )
+            old = f"x{rng.randrange(values)}" if values else f"v{rng.randrange(max(1, i))}"
+            o = Op(i, c, "cas", k, new, expect=old, invoke=start, complete=end, outcome=OK)
         pending.append((lin, i, o))
     for _lin, _, o in sorted(pending):
         if o.kind == "put":
@@ -172,3 +174,29 @@ def test_history_roundtrip(tmp_path: Path) -> None:
     h = [op(1, "put", "x", "1", 0, 1), op(2, "get", "x", None, 2, None, INFO)]
     save(h, tmp_path / "h.jsonl")
     assert load(tmp_path / "h.jsonl") == h
+
+
+def test_unknown_outcome_cas_may_take_effect_late() -> None:
+    # the cas cannot match when invoked; it matches after put b, and only its write explains the read of c
+    h = [
+        op(1, "put", "x", "a", 0, 1),
+        op(2, "cas", "x", "c", 0, None, INFO, expect="b"),
+        op(1, "put", "x", "b", 2, 3),
+        op(3, "get", "x", "c", 4, 5),
+    ]
+    assert check(h).verdict == VALID
+    # without the unknown cas nothing could have written c
+    assert check([o for o in h if o.kind != "cas"]).verdict == INVALID
+
+
+def test_failed_cas_tells_the_order_of_concurrent_writes() -> None:
+    # u and v written concurrently; a later cas expecting v did not match, so v was written first
+    h = [
+        op(1, "put", "x", "u", 0, 1),
+        op(2, "put", "x", "v", 0, 1.5),  # due later: the search tries u first, then must try v first too
+        op(3, "cas", "x", "w", 2, 3, expect="v", succeeded=False),
+    ]
+    assert check(h).verdict == VALID
+    h.append(op(3, "get", "x", "v", 4, 5))  # ... yet the register still holds v: no order explains both
+    r = check(h)
+    assert r.verdict == INVALID

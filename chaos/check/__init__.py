@@ -1,0 +1,1 @@
+"""The register linearizability checker's parts; chaos.checker is the public face."""
