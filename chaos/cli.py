@@ -18,9 +18,8 @@ from orchestrator.config import flag_type
 from orchestrator.context import Ctx
 
 from . import experiment as exp
-from .checker import check
 from .faults import Chaos, FaultError
-from .history import load
+from .history import APPEND, load_all
 from .net import NetError, cleanup_all
 
 
@@ -141,17 +140,57 @@ class _Progress:
 
 
 async def cmd_check(ctx: Ctx, a: argparse.Namespace) -> int:
+    """Check a history file of any workload kind (found from its records), and its watch records."""
     try:
-        ops = load(Path(a.history))
+        rec = load_all(Path(a.history))
     except (OSError, ValueError) as e:
         print(f"orchestrate: {e}", file=sys.stderr)
         return 2
-    res = await asyncio.to_thread(check, ops, a.budget)
+    final_values = None
+    if rec.final is not None and rec.kind != APPEND:  # the unique keys' values: lost-write detection
+        keys = {o.key for o in rec.ops if o.key.startswith("u/")}
+        final_values = {k: rec.final.kvs[k][0] if k in rec.final.kvs else None for k in keys}
+    d = await asyncio.to_thread(
+        exp.check_recorded, rec.ops, rec.final, final_values, rec.watch, rec.kind, True, a.budget
+    )
+    res = d.pop("_result", None)
+    anomalies = d.pop("_anomalies", None)
     if a.write_out == "json":
-        print(json.dumps(res.to_dict(), indent=2))
-    else:
+        print(json.dumps(d, indent=2, default=str))
+        return {"valid": 0, "invalid": 1, "unknown": 2}[d["verdict"]]
+    if res is not None:
         print(res.summary())
-    return {"valid": 0, "invalid": 1, "unknown": 2}[res.verdict]
+    elif anomalies is not None:
+        print(check_append_summary(d))
+    if "watch" in d:
+        w = d["watch"]
+        bad = ", ".join(f"{k} x{v}" for k, v in w["violations"].items()) or "no violations"
+        print(f"watch {w['verdict'].upper()}: {w['events']} events on {w['streams']} streams, {bad}")
+        for x in w["explanations"][:5]:
+            print("  " + x.replace("\n", "\n  "))
+    if len({d["verdict"], d.get("watch", {}).get("verdict", d["verdict"])}) > 1:
+        print(f"overall: {d['verdict'].upper()}")
+    return {"valid": 0, "invalid": 1, "unknown": 2}[d["verdict"]]
+
+
+def check_append_summary(d: dict[str, object]) -> str:
+    """The text of an append check from its dict (what `experiment.check_recorded` gave)."""
+    found = d.get("anomalies") or {}
+    assert isinstance(found, dict)
+    head = (
+        f"{str(d['history_verdict']).upper()}: {d['transactions']} transactions "
+        f"({d['operations']} operations), {d['edges']} dependency edges, checked for strict "
+        f"serializability in {d['seconds']}s"
+    )
+    lines = [head]
+    if d.get("note"):
+        lines.append(f"  {d['note']}")
+    if found:
+        lines.append("  anomalies: " + ", ".join(f"{k} x{v}" for k, v in found.items()))
+    expl = d.get("explanations") or []
+    assert isinstance(expl, list)
+    lines += ["  " + str(x).replace("\n", "\n  ") for x in expl[:10]]
+    return "\n".join(lines)
 
 
 def _number(raw: str, what: str) -> float:
@@ -216,8 +255,10 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--election-ms", type=flag_type("election_ms"), default=500)
     ex.set_defaults(fn=cmd_experiment)
 
-    ck = sub.add_parser("check", help="check a recorded history for linearizability")
-    ck.add_argument("history", help="a history.jsonl from an experiment report")
+    ck = sub.add_parser(
+        "check", help="check a recorded history: linearizability, strict serializability (append), watches"
+    )
+    ck.add_argument("history", help="a history.jsonl from an experiment report (any workload kind)")
     ck.add_argument("--budget", type=_millis, default=60.0, help="seconds before answering unknown")
     ck.add_argument("-w", "--write-out", choices=["text", "json"], default="text")
     ck.set_defaults(fn=cmd_check)

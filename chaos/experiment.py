@@ -3,6 +3,12 @@
 An experiment is YAML (see chaos/experiments/) with the keys in `TOP_KEYS`. Its steps, and what
 each kind of step takes and does, are in chaos/steps.py. ``cluster.nodes`` may be a list of sizes:
 the steps then run once per size, each on a fresh cluster.
+
+``workload`` is a mapping (clients, hot_keys, timeout, rate, kind, watch) or just a kind:
+``kind: register`` (put/get/cas, checked for linearizability) or ``kind: append`` (multi-key
+transactions, checked for strict serializability by chaos.elle); ``watch: true`` keeps a watch
+stream per node and checks it with chaos.watchcheck. The verdict combines every check: any
+INVALID is INVALID, else any UNKNOWN is UNKNOWN.
 """
 
 from __future__ import annotations
@@ -20,14 +26,42 @@ from orchestrator.cluster import Cluster
 from orchestrator.config import ClusterConfig
 from orchestrator.ports import port_block
 
-from .checker import INVALID, UNKNOWN, VALID, check
+from .checker import INVALID, UNKNOWN, VALID, check, draw_anomaly
+from .elle import check_append
 from .faults import Chaos
-from .history import save
+from .history import APPEND, REGISTER, FinalRead, Op, WatchRecord, save
 from .steps import Expectation, ExperimentError, Stage, run_steps, validate_steps
+from .watchcheck import check_watches
 from .workload import Workload
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "experiments"
 TOP_KEYS = ("name", "description", "claim", "cluster", "workload", "steps", "checks")
+# guard: false drops the append workload's mod_revision compares: a broken client, for showing what
+# the checker finds (lost updates) — never what a real run should use
+WORKLOAD_KEYS = ("clients", "hot_keys", "timeout", "rate", "kind", "watch", "guard")
+KINDS = (REGISTER, APPEND)
+CHECKS = ("linearizable", "strict-serializable", "watch")
+
+
+def combine(verdicts: list[str]) -> str:
+    """Any INVALID is INVALID; else any UNKNOWN is UNKNOWN; else VALID."""
+    return INVALID if INVALID in verdicts else UNKNOWN if UNKNOWN in verdicts else VALID
+
+
+def workload_config(p: Path | str, raw: Any) -> dict[str, Any]:
+    """The `workload:` value as a mapping, checked: a bare kind means that kind with 4 clients."""
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        raw = {"kind": raw, "clients": 4}
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{p}: workload: expected a mapping or one of {', '.join(KINDS)}")
+    for k in raw:
+        if k not in WORKLOAD_KEYS:
+            raise ExperimentError(f"{p}: workload: unknown key {k!r}; known: {', '.join(WORKLOAD_KEYS)}")
+    if raw.get("kind", REGISTER) not in KINDS:
+        raise ExperimentError(f"{p}: workload: kind {raw['kind']!r} is not one of {', '.join(KINDS)}")
+    return dict(raw)
 
 
 @dataclass
@@ -74,6 +108,10 @@ def load(ref: str) -> dict[str, Any]:
         if k not in TOP_KEYS:
             raise ExperimentError(f"{p}: unknown key {k!r}; known: {', '.join(TOP_KEYS)}")
     validate_steps(p, d.get("steps") or [])
+    d["workload"] = workload_config(p, d.get("workload"))
+    for c in d.get("checks") or []:
+        if c not in CHECKS:
+            raise ExperimentError(f"{p}: checks: unknown check {c!r}; known: {', '.join(CHECKS)}")
     d.setdefault("name", p.stem)
     return d
 
@@ -151,7 +189,11 @@ class Runner:
                         seed=self.seed,
                         t0=self.t0,
                         tls=c.tls,
+                        kind=str(wl_cfg.get("kind", REGISTER)),
+                        watch=bool(wl_cfg.get("watch", False)),
+                        guard=bool(wl_cfg.get("guard", True)),
                     )
+                    await wl.start_watches()
                     wl.start()
                 stage = Stage(
                     cluster=c,
@@ -197,27 +239,30 @@ class Runner:
 
     def _check(self, histories: list[tuple[int, Workload, dict[str, str | None] | None]], out: Path) -> None:
         checks = self.spec.get("checks") or (["linearizable"] if histories else [])
-        if not histories or "linearizable" not in checks:
+        if not histories or not set(checks) & set(CHECKS):
             return
         merged: dict[str, Any] = {"verdict": VALID, "per_size": []}
         for size, wl, final in histories:
-            res = check(wl.history, budget_s=60.0, final=final)
-            d = res.to_dict()
+            multi = len(self.sizes) > 1
+            d = check_recorded(
+                wl.history, wl.final_kvs, final, wl.watch_log, wl.kind, wl.watch or "watch" in checks, budget_s=60.0
+            )
             d["size"] = size
             if final is None:
                 d["verdict"] = UNKNOWN
                 d["note"] = "the cluster never answered the final read"
+            d["pictures"] = [str(p) for p in draw(d, wl.history, out / (f"anomalies-{size}" if multi else "anomalies"))]
             merged["per_size"].append(d)
-            if d["verdict"] == INVALID or (d["verdict"] == UNKNOWN and merged["verdict"] == VALID):
-                merged["verdict"] = d["verdict"]
+            merged["verdict"] = combine([merged["verdict"], d["verdict"]])
             self.result.workload[str(size)] = wl.stats()
-            self.say(res.summary().splitlines()[0])
+            self.say(f"N={size}: {d['verdict']} ({d['checker']}, {d['operations']} operations)")
         self.result.check = merged
 
     # -- report --------------------------------------------------------------------------------------
     def _write(self, out: Path, histories: list[tuple[int, Workload, dict[str, str | None] | None]]) -> None:
         for size, wl, _ in histories:
-            save(wl.history, out / (f"history-{size}.jsonl" if len(self.sizes) > 1 else "history.jsonl"))
+            name = f"history-{size}.jsonl" if len(self.sizes) > 1 else "history.jsonl"
+            save(wl.history, out / name, wl.watch_log, wl.final_kvs)
         r = self.result
         verdict = {
             "name": r.name,
@@ -260,10 +305,68 @@ def summary(r: RunResult) -> str:
         for d in r.check.get("per_size", []):
             lost = len(d.get("lost_writes", []))
             head = f"  history N={d['size']}: {d['verdict']} — {d['operations']} operations"
-            lines.append(f"{head}, {lost} lost acknowledged writes, checked in {d['seconds']}s")
+            if d.get("checker") == "elle":
+                found = ", ".join(f"{k} x{v}" for k, v in d.get("anomalies", {}).items()) or "no anomalies"
+                lines.append(f"{head} ({d['transactions']} transactions): {found}, checked in {d['seconds']}s")
+            else:
+                lines.append(f"{head}, {lost} lost acknowledged writes, checked in {d['seconds']}s")
             lines += [f"    {x}" for x in d.get("explanations", [])[:2]]
+            w = d.get("watch")
+            if w:
+                bad = ", ".join(f"{k} x{v}" for k, v in w["violations"].items()) or "no violations"
+                lines.append(
+                    f"  watches N={d['size']}: {w['verdict']} — {w['events']} events on {w['streams']} streams, {bad}"
+                )
+                lines += [f"    {x}" for x in w.get("explanations", [])[:2]]
+            lines += [f"    picture: {p}" for p in d.get("pictures", [])[:3]]
     for size, st in r.workload.items():
         counts = f"{st['ok']} ok, {st['fail']} failed, {st['info']} unknown"
         rates = f"{st['ops_per_s']} ops/s, p50 {st['p50_ms']} ms, p99 {st['p99_ms']} ms"
         lines.append(f"  workload N={size}: {counts}; {rates}")
     return "\n".join(lines)
+
+
+def check_recorded(
+    ops: list[Op],
+    final_kvs: FinalRead | None,
+    final_values: dict[str, str | None] | None,
+    watch: list[WatchRecord],
+    kind: str,
+    watches: bool,
+    budget_s: float,
+) -> dict[str, Any]:
+    """Every check a recorded run calls for, as one dict: the history checker of its kind (register:
+    linearizability, append: strict serializability) and, with watch records, the watch checker."""
+    if kind == APPEND:
+        res_a = check_append(ops, final_kvs, budget_s=budget_s)
+        d = res_a.to_dict()
+        d["_anomalies"] = res_a.anomalies
+    else:
+        res_r = check(ops, budget_s=budget_s, final=final_values)
+        d = res_r.to_dict()
+        d["checker"] = "linearizability"
+        d["_result"] = res_r
+    verdicts = [d["verdict"]]
+    d["history_verdict"] = d["verdict"]
+    if watches and watch:
+        w = check_watches(watch, ops, final_kvs, prefix="a/" if kind == APPEND else "hot/")
+        d["watch"] = w.to_dict()
+        verdicts.append(w.verdict)
+    d["verdict"] = combine(verdicts)
+    return d
+
+
+def draw(d: dict[str, Any], ops: list[Op], folder: Path) -> list[Path]:
+    """The anomaly pictures of one checked history (none when it is valid); pops the live objects."""
+    anomalies = d.pop("_anomalies", None)
+    result = d.pop("_result", None)
+    try:
+        if anomalies:
+            from .report import draw_cycles
+
+            return draw_cycles(anomalies, folder)
+        if result is not None and result.verdict == INVALID:
+            return draw_anomaly(result, ops, folder)
+    except (ImportError, OSError) as e:
+        d["picture_error"] = str(e)
+    return []

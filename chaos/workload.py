@@ -1,4 +1,12 @@
-"""A background workload that records a history: put / get / compare-and-set on hot keys plus unique keys.
+"""A background workload that records a history, of one of two kinds, and optionally watch streams.
+
+* ``register``: put / get / compare-and-set on hot keys plus unique keys (checked by chaos.checker).
+* ``append``: transactions over list-valued keys ``a/N`` (checked by chaos.elle). Each transaction
+  reads every key it touches in one read-only Txn (one revision), then commits its appends in ONE
+  Txn guarded by ``mod_revision`` compares on all those keys: if any changed, nothing is written
+  and it retries. Committed, it is serializable at its commit revision; appended values are unique.
+* ``watch``: one watch stream per node on the workload's keys (prev_kv on), restarted after an
+  error from the last revision seen + 1; every event recorded (checked by chaos.watchcheck).
 
 Each client is pinned to one node (so a partition affects the clients on its
 side), issues one operation at a time, and records invoke and completion.
@@ -15,9 +23,12 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from node.client import Client, ClientError, ClientTLS, Reason
+import grpc
 
-from .history import FAIL, INFO, OK, Op
+from node.client import CHANNEL_OPTIONS, Client, ClientError, ClientTLS, Reason, prefix_end
+from node.pb import rpc_pb2, rpc_pb2_grpc
+
+from .history import APPEND, FAIL, INFO, OK, REGISTER, FinalRead, MicroOp, Op, WatchRecord, parse_list
 
 # refused before proposing: nothing was applied. (STOPPED and LEADER_CHANGED are NOT here: a
 # stopping node fails proposals that may already be committed; nor is any timeout, nor a text
@@ -41,6 +52,14 @@ def classify(e: ClientError, is_write: bool) -> str:
     return FAIL if e.reason in _CERTAIN_FAIL else INFO
 
 
+class _Phase(Exception):
+    """A transaction's read or write failed: which one decides whether its outcome is unknown."""
+
+    def __init__(self, err: ClientError, is_write: bool) -> None:
+        super().__init__(str(err))
+        self.err, self.is_write = err, is_write
+
+
 @dataclass
 class Sample:
     t: float
@@ -59,8 +78,13 @@ class Workload:
     seed: int = 0
     t0: float = field(default_factory=time.monotonic)
     tls: ClientTLS | None = None  # the cluster's (Cluster.tls) when its client ports speak TLS
+    kind: str = REGISTER  # register | append
+    watch: bool = False  # keep a watch stream open on every node
+    guard: bool = True  # append: the mod_revision compares (off only to show the checker catches it)
     history: list[Op] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
+    watch_log: list[WatchRecord] = field(default_factory=list)
+    final_kvs: FinalRead | None = None
 
     def __post_init__(self) -> None:
         self._ids = itertools.count()
@@ -68,9 +92,32 @@ class Workload:
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random(self.seed)
         self._unique = itertools.count()
+        self._values = itertools.count(1)  # append: every appended value is unique in the run
+        self._streams = itertools.count()
+
+    @property
+    def prefix(self) -> str:
+        """The keys the transactions / hot registers live under (what the watches cover)."""
+        return "a/" if self.kind == APPEND else "hot/"
 
     def now(self) -> float:
         return time.monotonic() - self.t0
+
+    async def start_watches(self, attempts: int = 20) -> None:
+        """Open one stream per node from the current revision + 1, before any write is issued."""
+        if not self.watch:
+            return
+        rev = 0
+        async with Client(list(self.endpoints.values()), timeout=3.0, tls=self.tls) as cl:
+            for _ in range(attempts):
+                try:
+                    rev = (await cl.get(self.prefix, prefix=True, keys_only=True)).header.revision
+                    break
+                except ClientError:
+                    await asyncio.sleep(0.25)
+        loop = asyncio.get_running_loop()
+        for node in sorted(self.endpoints):
+            self._tasks.append(loop.create_task(self._watcher(next(self._streams), node, rev + 1)))
 
     def start(self) -> None:
         names = sorted(self.endpoints)
@@ -93,6 +140,8 @@ class Workload:
                     await asyncio.sleep(rng.expovariate(self.rate))
 
     async def _one(self, cl: Client, cid: int, node: str, rng: random.Random) -> bool:
+        if self.kind == APPEND:
+            return await self._txn(cl, cid, node, rng)
         r = rng.random()
         oid = next(self._ids)
         if r < 0.15:
@@ -132,14 +181,164 @@ class Workload:
         self.samples.append(Sample(op.invoke, (op.complete or self.now()) - op.invoke, op.outcome == OK, op.kind))
         return op.outcome == OK
 
+    # -- append: list-valued keys, one guarded Txn per transaction --------------------------------
+    def _plan(self, rng: random.Random) -> list[MicroOp]:
+        mops: list[MicroOp] = []
+        for _ in range(rng.randint(1, 4)):
+            key = f"a/{rng.randrange(self.hot_keys)}"
+            if rng.random() < 0.5:
+                mops.append(["r", key, None])
+            else:
+                mops.append(["append", key, next(self._values)])
+        return mops
+
+    async def _txn(self, cl: Client, cid: int, node: str, rng: random.Random) -> bool:
+        op = Op(next(self._ids), cid, "txn", "", node=node, mops=self._plan(rng))
+        op.invoke = self.now()
+        self.history.append(op)
+        try:
+            for _ in range(5):  # a compare that failed wrote nothing: read again and retry
+                done = await self._txn_once(cl, op)
+                if done:
+                    op.outcome = OK
+                    break
+            else:
+                op.outcome, op.error = FAIL, "mod_revision compare failed 5 times"
+            op.complete = self.now()
+        except _Phase as p:
+            op.outcome = classify(p.err, p.is_write)
+            op.error = str(p.err)[:200]
+            op.complete = self.now() if op.outcome == FAIL else None
+        if op.outcome != OK:
+            for m in op.mops or []:
+                if m[0] == "r":
+                    m[2] = None  # what a transaction that did not (certainly) happen read tells nothing
+        self.samples.append(Sample(op.invoke, (op.complete or self.now()) - op.invoke, op.outcome == OK, "txn"))
+        return op.outcome == OK
+
+    async def _txn_once(self, cl: Client, op: Op) -> bool:
+        """Read every key of the transaction at one revision, then commit iff none has changed since."""
+        keys = sorted({m[1] for m in op.mops or []})
+        read = rpc_pb2.TxnRequest(
+            success=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=k.encode())) for k in keys]
+        )
+        try:
+            r = await cl.txn(read)
+        except ClientError as e:
+            raise _Phase(e, is_write=False) from None
+        lists: dict[str, list[int]] = {}
+        mods: dict[str, int] = {}
+        for k, resp in zip(keys, r.responses, strict=True):
+            kvs = resp.response_range.kvs
+            lists[k] = parse_list(kvs[0].value.decode()) if kvs else []
+            mods[k] = kvs[0].mod_revision if kvs else 0
+        state = {k: list(v) for k, v in lists.items()}
+        for m in op.mops or []:
+            if m[0] == "r":
+                m[2] = list(state[m[1]])
+            else:
+                state[m[1]].append(m[2])
+        written = [k for k in keys if state[k] != lists[k]]
+        if not written:
+            op.revision = r.header.revision
+            return True
+        cmp = [
+            rpc_pb2.Compare(
+                key=k.encode(), target=rpc_pb2.Compare.MOD, result=rpc_pb2.Compare.EQUAL, mod_revision=mods[k]
+            )
+            for k in keys
+        ]
+        puts = [
+            rpc_pb2.RequestOp(
+                request_put=rpc_pb2.PutRequest(key=k.encode(), value=",".join(map(str, state[k])).encode())
+            )
+            for k in written
+        ]
+        try:
+            w = await cl.txn(rpc_pb2.TxnRequest(compare=cmp if self.guard else [], success=puts))
+        except ClientError as e:
+            raise _Phase(e, is_write=True) from None
+        if w.succeeded:
+            op.revision = w.header.revision
+        return bool(w.succeeded)
+
+    # -- watches ----------------------------------------------------------------------------------
+    async def _watcher(self, sid: int, node: str, start: int) -> None:
+        """Watch the workload's keys on one node until stopped; after an error resume at last seen + 1."""
+        creds = self.tls.credentials() if self.tls is not None else None
+        ep = self.endpoints[node]
+        nxt = [start]  # the next revision wanted: advanced by every event, kept across errors
+        while not self._stop.is_set():
+            self.watch_log.append(WatchRecord(sid, "start", self.now(), node, start_revision=nxt[0]))
+            ch = (
+                grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS)
+                if creds is None
+                else grpc.aio.secure_channel(ep, creds, options=CHANNEL_OPTIONS)
+            )
+            try:
+                await self._stream(sid, node, ch, nxt)
+            except (TimeoutError, grpc.aio.AioRpcError, ClientError) as e:
+                self.watch_log.append(WatchRecord(sid, "error", self.now(), node, error=str(e)[:200]))
+            finally:
+                await ch.close()
+            if not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 0.2)
+                except TimeoutError:
+                    pass
+
+    async def _stream(self, sid: int, node: str, ch: grpc.aio.Channel, nxt: list[int]) -> None:
+        key = self.prefix.encode()
+        create = rpc_pb2.WatchCreateRequest(key=key, range_end=prefix_end(key), start_revision=nxt[0], prev_kv=True)
+        call = rpc_pb2_grpc.WatchStub(ch).Watch()
+        stop = asyncio.ensure_future(self._stop.wait())
+        batches = itertools.count()
+        try:
+            await call.write(rpc_pb2.WatchRequest(create_request=create))
+            while True:
+                read = asyncio.ensure_future(call.read())
+                await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    return
+                resp = read.result()
+                if resp is grpc.aio.EOF:
+                    raise ClientError(None, "watch stream ended", node)
+                if resp.canceled:
+                    raise ClientError(grpc.StatusCode.CANCELLED, resp.cancel_reason or "watch canceled", node)
+                b = next(batches)
+                for ev in resp.events:
+                    put = ev.type == ev.PUT
+                    self.watch_log.append(
+                        WatchRecord(
+                            sid,
+                            "event",
+                            self.now(),
+                            node,
+                            batch=b,
+                            key=ev.kv.key.decode(),
+                            type="put" if put else "delete",
+                            value=ev.kv.value.decode() if put else None,
+                            revision=ev.kv.mod_revision,
+                            prev_value=ev.prev_kv.value.decode() if ev.HasField("prev_kv") else None,
+                        )
+                    )
+                    nxt[0] = max(nxt[0], ev.kv.mod_revision + 1)
+        finally:
+            stop.cancel()
+            call.cancel()
+
     async def final_read(self, endpoints: list[str], attempts: int = 20) -> dict[str, str | None] | None:
-        """Read every unique key after healing; None if the cluster never answered."""
+        """Read every key after healing (kept in final_kvs); the unique keys' values, None if no answer."""
         keys = {op.key for op in self.history if op.key.startswith("u/")}
         async with Client(endpoints, timeout=3.0, tls=self.tls) as cl:
             for _ in range(attempts):
                 try:
-                    r = await cl.get("u/", prefix=True)
+                    r = await cl.get("", prefix=True)
                     got = {kv.key.decode(): kv.value.decode() for kv in r.kvs}
+                    self.final_kvs = FinalRead(
+                        r.header.revision, {kv.key.decode(): (kv.value.decode(), kv.mod_revision) for kv in r.kvs}
+                    )
                     return {k: got.get(k) for k in keys}
                 except ClientError:
                     await asyncio.sleep(0.5)

@@ -41,6 +41,10 @@ def _assert_ran(r: exp.RunResult) -> None:
         ops = load(hist)
         assert ops and any(o.outcome == "ok" for o in ops)
         assert r.check["verdict"] == "valid"
+        for d in r.check["per_size"]:
+            if d.get("checker") == "elle":  # the append workload: transactions and watch streams both checked
+                assert d["transactions"] > 100 and d["edges"] > 0
+                assert d["watch"]["verdict"] == "valid" and d["watch"]["events"] > 100, d["watch"]
 
 
 @pytest.mark.parametrize("name", [n for n in BUILTINS if n != "quorum-table"])
@@ -90,6 +94,29 @@ async def test_latency_under_netns_falls_back_to_the_nodes(tmp_path: Path) -> No
 async def test_experiment_against_real_etcd(tmp_path: Path) -> None:
     r = await _run("leader-kill", tmp_path, engine="etcd")
     _assert_ran(r)
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd binary not installed (Debian package etcd-server)")
+async def test_append_transactions_and_watches_against_real_etcd(tmp_path: Path) -> None:
+    r = await _run("append-leader-kill", tmp_path, engine="etcd")
+    _assert_ran(r)
+
+
+async def test_an_append_client_without_its_compares_is_caught(tmp_path: Path) -> None:
+    """The planted bug kept as a test: without the mod_revision guard, concurrent read-modify-write
+    transactions overwrite each other's appends, and the checker must name it."""
+    f = tmp_path / "unguarded.yaml"
+    f.write_text(
+        "cluster: {nodes: 3}\nworkload: {kind: append, clients: 6, hot_keys: 2, guard: false}\n"
+        "steps:\n  - wait_for: leader\n  - sleep: 2\n  - expect: {writable: true}\n"
+        "checks: [strict-serializable]\n"
+    )
+    r = await _run(str(f), tmp_path)
+    assert r.verdict == "invalid", exp.summary(r)
+    found = r.check["per_size"][0]["anomalies"]
+    assert {"lost-update", "lost-write"} & set(found), found
+    pictures = r.check["per_size"][0]["pictures"]
+    assert pictures and all(Path(p).read_text().startswith("<html>") for p in pictures)
 
 
 @pytest.mark.skipif(
@@ -163,6 +190,26 @@ def test_chaos_cli_partition_heal_and_check(tmp_path: Path) -> None:
     bad.write_text("not json\n")
     r = _orch(root, "check", str(bad))
     assert r.returncode == 2 and "bad.jsonl:1" in r.stderr
+    # an append history (found from its records) with a watch stream and the final read
+    txn = tmp_path / "txn.jsonl"
+    lines = [
+        '{"id":0,"client":1,"kind":"txn","key":"","outcome":"ok","invoke":0,"complete":1,"revision":2,'
+        '"mops":[["append","a/0",1]]}',
+        '{"id":1,"client":2,"kind":"txn","key":"","outcome":"ok","invoke":2,"complete":3,"revision":2,'
+        '"mops":[["r","a/0",[1]]]}',
+        '{"watch":{"stream":0,"what":"start","start_revision":1}}',
+        '{"watch":{"stream":0,"what":"event","key":"a/0","type":"put","value":"1","revision":2}}',
+        '{"final":{"revision":2,"kvs":{"a/0":["1",2]}}}',
+    ]
+    txn.write_text("\n".join(lines) + "\n")
+    r = _orch(root, "check", str(txn))
+    assert r.returncode == 0 and "strict serializability" in r.stdout and "watch VALID" in r.stdout, r.stdout
+    txn.write_text("\n".join(lines).replace('"mops":[["r","a/0",[1]]]', '"mops":[["r","a/0",[]]]') + "\n")
+    r = _orch(root, "check", str(txn))
+    assert r.returncode == 1 and "G-single-realtime" in r.stdout, r.stdout
+    txn.write_text("\n".join([*lines[:4], lines[3], lines[4]]) + "\n")  # the event delivered twice
+    r = _orch(root, "check", str(txn), "-w", "json")
+    assert r.returncode == 1 and json.loads(r.stdout)["watch"]["violations"] == {"duplicate": 1}, r.stdout
 
 
 def test_experiment_file_errors(tmp_path: Path) -> None:
@@ -175,3 +222,12 @@ def test_experiment_file_errors(tmp_path: Path) -> None:
         exp.load(str(f))
     with pytest.raises(exp.ExperimentError, match="no experiment 'nope'"):
         exp.load("nope")
+    f.write_text("workload: {kind: bank}\n")
+    with pytest.raises(exp.ExperimentError, match="kind 'bank' is not one of register, append"):
+        exp.load(str(f))
+    f.write_text("workload: {clients: 2, watches: true}\n")
+    with pytest.raises(exp.ExperimentError, match="unknown key 'watches'"):
+        exp.load(str(f))
+    f.write_text("checks: [serializable]\n")
+    with pytest.raises(exp.ExperimentError, match="unknown check 'serializable'"):
+        exp.load(str(f))
