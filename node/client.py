@@ -15,6 +15,7 @@ decide by `code` and `reason`, never by reading the message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -131,6 +132,7 @@ class Client:
             raise ValueError("no endpoints given")
         self._user, self._password = user, password
         self._token: str | None = None  # None: not asked yet; "": auth is not enabled
+        self._auth_lock = asyncio.Lock()
         self._admin_md = ((ADMIN_METADATA_KEY, admin_token(secret)),) if secret is not None else None
         self.endpoints = [_strip(e) for e in endpoints]
         self.timeout = timeout
@@ -174,17 +176,23 @@ class Client:
         """The token metadata for calls when a user was given (authenticating at ep if needed)."""
         if self._user is None:
             return None
+        stale = self._token if renew else None
         if self._token is None or renew:
-            req = rpc_pb2.AuthenticateRequest(name=self._user, password=self._password)
-            try:
-                r = await rpc_pb2_grpc.AuthStub(self._conn(ep).channel).Authenticate(req, timeout=self.timeout)
-                self._token = str(r.token)
-            except grpc.aio.AioRpcError as e:
-                err = ClientError(e.code(), e.details() or str(e.code()), ep)
-                if err.reason != Reason.AUTH_NOT_ENABLED:
-                    raise err from None
-                self._token = ""
+            async with self._auth_lock:  # one Authenticate for every caller waiting on it, not one each
+                if self._token is None or (renew and self._token == stale):
+                    await self._authenticate(ep)
         return (("token", self._token),) if self._token else None
+
+    async def _authenticate(self, ep: str) -> None:
+        req = rpc_pb2.AuthenticateRequest(name=self._user, password=self._password)
+        try:
+            r = await rpc_pb2_grpc.AuthStub(self._conn(ep).channel).Authenticate(req, timeout=self.timeout)
+            self._token = str(r.token)
+        except grpc.aio.AioRpcError as e:
+            err = ClientError(e.code(), e.details() or str(e.code()), ep)
+            if err.reason != Reason.AUTH_NOT_ENABLED:
+                raise err from None
+            self._token = ""
 
     async def _invoke(self, ep: str, service: str, method: str, req: Any, timeout: float) -> Any:
         """One call at ep with the auth token; a token the node calls invalid is renewed once."""

@@ -52,6 +52,7 @@ SCRIPT = [
     Step([*ALICE, "del", "w/x"]),
     Step([*ALICE, "del", "foo", "--prev-kv"]),
     Step([*ALICE, "put", "other", "1"], name="write outside grants"),
+    Step([*ALICE, "get", "pre/a", "-w", "json"], name="the denied put took no revision"),
     Step([*BOB, "get", "foo"], name="user without roles"),
     Step(["--user", "alice:wrong", "get", "foo"], name="wrong password"),
     Step(["--user", "nobody:pw", "get", "foo"], name="unknown user"),
@@ -263,3 +264,67 @@ async def test_auth_state_travels_in_the_snapshot_and_old_snapshots_load() -> No
     assert b"pw" not in snap.replace(b"pwd", b"")  # only the hash is stored
     fresh.restore(old)  # a snapshot from before auth: auth off, nothing kept
     assert not fresh.auth.enabled and not fresh.auth.users
+
+
+async def test_new_member_gets_auth_by_snapshot_and_enforces_it(node_cluster: Callable[..., NodeProcs]) -> None:
+    """A member added after the log was compacted learns users, roles and the enabled flag only
+    from the snapshot it installs: it must refuse what the others refuse and honour their tokens."""
+    import grpc
+
+    from node.client import Client
+    from orchestrator.ports import free_ports
+
+    c = node_cluster(
+        3, heartbeat_ms=50, election_ms=500, extra=["--snapshot-count", "40", "--snapshot-catchup-entries", "5"]
+    )
+    c.start_all()
+    leader = await c.wait_leader()
+    eps = c.endpoints()
+    await asyncio.to_thread(_setup_auth, eps)
+    auth_idx = (await c.statuses([leader]))[leader]["commit"]  # every auth entry is at or below this
+    async with Client(eps, user="alice", password="alicepw", timeout=10) as cl:
+        for i in range(150):
+            await cl.put(f"app/{i:04d}", f"v{i}")
+    st = (await c.statuses([leader]))[leader]
+    assert st["snapshot_index"] > auth_idx + 5, "the leader must have compacted the auth entries away"
+
+    # MemberAdd (root only) then start n4 with --initial-cluster-state existing
+    (c.client["n4"], c.peer["n4"]) = free_ports(2)
+    async with Client(eps, user="root", password="rootpw", timeout=10) as root:
+        await root.member_add([f"http://127.0.0.1:{c.peer['n4']}"])
+    c.names.append("n4")
+    c.start("n4", "existing", initial=",".join(f"{n}=127.0.0.1:{c.peer[n]}" for n in c.names))
+    await c.wait_applied(["n4"], st["commit"], timeout=30)
+    assert (await c.statuses(["n4"]))["n4"]["snapshot_index"] > auth_idx  # it could not replay the auth entries
+
+    n4 = [c.endpoint("n4")]
+    assert "Error: etcdserver: user name is empty" in _ctl(n4, "get", "app/0001")
+    assert "app/0001\nv1" in _ctl(n4, *ALICE, "get", "app/0001", "--consistency=s")
+    assert "permission denied" in _ctl(n4, *ALICE, "get", "other", "--consistency=s")
+    assert "authentication failed" in _ctl(n4, "--user", "alice:wrong", "get", "app/0001")
+    assert "alice\nroot" in _ctl(n4, *ROOT, "user", "list")
+    for issuer in ("n1", "n4"):  # a token issued elsewhere is honoured here, and the other way round
+        token = await _token(c, issuer, "alice", "alicepw")
+        reader = "n4" if issuer != "n4" else "n2"
+        r = await _get_with(c, reader, token, b"app/0002")
+        assert [kv.value for kv in r.kvs] == [b"v2"], issuer
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await _get_with(c, reader, token, b"other")
+        assert ei.value.details() == "etcdserver: permission denied"
+
+
+async def test_concurrent_first_calls_share_one_authenticate(node_cluster: Callable[..., NodeProcs]) -> None:
+    """32 calls racing on a fresh Client must cost one Authenticate (one log entry), not 32: a
+    load tool with many workers per client otherwise floods the members' scrypt checks."""
+    from node.client import Client
+
+    c = node_cluster(1, heartbeat_ms=50, election_ms=500)
+    c.start_all()
+    await c.wait_leader()
+    await asyncio.to_thread(_setup_auth, c.endpoints())
+    async with Client(c.endpoints(), user="alice", password="alicepw", timeout=30) as cl:
+        before = (await c.statuses())["n1"]["commit"]
+        got = await asyncio.gather(*(cl.get_value(f"app/{i}") for i in range(32)))  # reads: no log entries
+        after = (await c.statuses())["n1"]["commit"]
+    assert got == [None] * 32
+    assert after - before == 1, f"{after - before} Authenticate entries for one client"
