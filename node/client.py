@@ -86,6 +86,7 @@ class _Conn:
     cluster: rpc_pb2_grpc.ClusterStub
     maint: rpc_pb2_grpc.MaintenanceStub
     admin: admin_pb2_grpc.AdminStub
+    auth: rpc_pb2_grpc.AuthStub
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,15 @@ class ClientTLS:
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )
+
+
+class _NotSent(Exception):
+    """Authenticating at an endpoint failed for want of the endpoint (unreachable, no leader, too
+    slow): the request itself was never sent, so even a write may move on to the next endpoint."""
+
+    def __init__(self, err: ClientError) -> None:
+        super().__init__(str(err))
+        self.err = err
 
 
 def _strip(ep: str) -> str:
@@ -157,6 +167,7 @@ class Client:
                 rpc_pb2_grpc.ClusterStub(ch),
                 rpc_pb2_grpc.MaintenanceStub(ch),
                 admin_pb2_grpc.AdminStub(ch),
+                rpc_pb2_grpc.AuthStub(ch),
             )
             self._conns[ep] = c
         return c
@@ -186,7 +197,7 @@ class Client:
     async def _authenticate(self, ep: str) -> None:
         req = rpc_pb2.AuthenticateRequest(name=self._user, password=self._password)
         try:
-            r = await rpc_pb2_grpc.AuthStub(self._conn(ep).channel).Authenticate(req, timeout=self.timeout)
+            r = await self._conn(ep).auth.Authenticate(req, timeout=self.timeout)
             self._token = str(r.token)
         except grpc.aio.AioRpcError as e:
             err = ClientError(e.code(), e.details() or str(e.code()), ep)
@@ -194,16 +205,28 @@ class Client:
                 raise err from None
             self._token = ""
 
+    async def _auth_md_at(self, ep: str, renew: bool = False) -> tuple[tuple[str, str], ...] | None:
+        """_auth_md, with an endpoint-side Authenticate failure turned into _NotSent."""
+        try:
+            return await self._auth_md(ep, renew)
+        except ClientError as e:
+            if e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise _NotSent(e) from None
+            raise
+
     async def _invoke(self, ep: str, service: str, method: str, req: Any, timeout: float) -> Any:
-        """One call at ep with the auth token; a token the node calls invalid is renewed once."""
+        """One call at ep with the auth token. Authenticated again, once, when the node calls the
+        token invalid, or says "user name is empty" to a client that sent none because auth was
+        off when it first asked (auth enabled since)."""
         stub = getattr(self._conn(ep), service)
-        md = await self._auth_md(ep)
+        md = await self._auth_md_at(ep)
         try:
             return await getattr(stub, method)(req, timeout=timeout, metadata=md)
         except grpc.aio.AioRpcError as e:
-            if md is None or e.details() != Reason.INVALID_AUTH_TOKEN.text:
+            want = Reason.INVALID_AUTH_TOKEN if md is not None else Reason.USER_EMPTY
+            if self._user is None or e.details() != want.text:
                 raise
-        return await getattr(stub, method)(req, timeout=timeout, metadata=await self._auth_md(ep, renew=True))
+        return await getattr(stub, method)(req, timeout=timeout, metadata=await self._auth_md_at(ep, renew=True))
 
     async def _call(self, service: str, method: str, req: Any, *, safe: bool, timeout: float | None = None) -> Any:
         """Try endpoints in round-robin order; move on only when it is safe to."""
@@ -215,6 +238,9 @@ class Client:
             ep = self.endpoints[(start + i) % n]
             try:
                 return await self._invoke(ep, service, method, req, timeout or self.timeout)
+            except _NotSent as e:
+                last = e.err
+                continue
             except grpc.aio.AioRpcError as e:
                 err = ClientError(e.code(), e.details() or str(e.code()), ep)
                 never_taken = e.code() == grpc.StatusCode.UNAVAILABLE and err.reason in (
@@ -355,6 +381,12 @@ class Client:
         r = await self._call("lease", "LeaseLeases", rpc_pb2.LeaseLeasesRequest(), safe=True)
         return [ls.ID for ls in r.leases]
 
+    # -- auth ------------------------------------------------------------------------------
+    async def auth_status(self) -> rpc_pb2.AuthStatusResponse:
+        """etcd 3.5's AuthStatus: whether auth is enabled and the auth revision (root only once enabled)."""
+        req = rpc_pb2.AuthStatusRequest()
+        return await self._call("auth", "AuthStatus", req, safe=True)
+
     # -- cluster and maintenance -----------------------------------------------------------
     async def members(self, linearizable: bool = False) -> rpc_pb2.MemberListResponse:
         return await self._call(
@@ -379,6 +411,8 @@ class Client:
                 stub = getattr(self._conn(ep), service)
                 return await getattr(stub, method)(req, timeout=timeout or self.timeout, metadata=self._admin_md)
             return await self._invoke(ep, service, method, req, timeout or self.timeout)
+        except _NotSent as e:
+            raise e.err from None
         except grpc.aio.AioRpcError as e:
             raise ClientError(e.code(), e.details() or "", endpoint) from None
 

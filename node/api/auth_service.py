@@ -19,7 +19,7 @@ import grpc
 
 from node.errors import EtcdError, Reason
 from node.kv.apply import encode_auth
-from node.kv.auth import check_password, hash_password, token_prefix
+from node.kv.auth import authenticate_extra, check_password, hash_password
 from node.pb import rpc_pb2, rpc_pb2_grpc
 
 from .context import Ctx, grpc_errors
@@ -37,6 +37,12 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         """A password hash or check, on the one scrypt thread."""
         return await asyncio.get_running_loop().run_in_executor(self._scrypt, fn, *args)
 
+    async def _admin_first(self, context: grpc.aio.ServicerContext) -> None:
+        """Refuse a non-root caller before the scrypt hash, not after: otherwise any user (or
+        anyone, without a token) makes a member spend tens of ms and 16 MiB per request. The
+        entry is checked again at apply, against the replicated state."""
+        await self.ctx.check_admin(context)
+
     async def _propose(self, method: str, request: Any, context: grpc.aio.ServicerContext, extra: str = "") -> Any:
         ai = await self.ctx.auth_info(context)
         return self.ctx.fill(await self.ctx.propose(encode_auth(method, request, ai, extra)))
@@ -50,6 +56,10 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         return await self._propose("AuthDisable", request, context)
 
     @grpc_errors
+    async def AuthStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._propose("AuthStatus", request, context)
+
+    @grpc_errors
     async def Authenticate(self, request: rpc_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext) -> Any:
         """etcd's: check the password against this member's (linearizable) state, then propose
         the token assignment without the password; every member assigns `<prefix>.<index>`."""
@@ -61,13 +71,16 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
             if not await self._slow(check_password, stored, request.password):
                 raise EtcdError(Reason.AUTH_FAILED)
             req = rpc_pb2.AuthenticateRequest(name=request.name)
-            resp = await self.ctx.propose(encode_auth("Authenticate", req, None, token_prefix()))
+            resp = await self.ctx.propose(encode_auth("Authenticate", req, None, authenticate_extra()))
             if checked == auth.revision:
-                break
-        return self.ctx.fill(resp)
+                return self.ctx.fill(resp)
+        # the users changed under every password check: the token may belong to a state in which
+        # the password was wrong (etcd retries until its context ends; we give up sooner)
+        raise EtcdError(Reason.AUTH_OLD_REVISION)
 
     @grpc_errors
     async def UserAdd(self, request: rpc_pb2.AuthUserAddRequest, context: grpc.aio.ServicerContext) -> Any:
+        await self._admin_first(context)
         req = rpc_pb2.AuthUserAddRequest()
         req.CopyFrom(request)
         if request.name and not (request.HasField("options") and request.options.no_password):
@@ -92,6 +105,7 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
     async def UserChangePassword(
         self, request: rpc_pb2.AuthUserChangePasswordRequest, context: grpc.aio.ServicerContext
     ) -> Any:
+        await self._admin_first(context)
         hashed = await self._slow(hash_password, request.password)
         req = rpc_pb2.AuthUserChangePasswordRequest(name=request.name, password=hashed)
         return await self._propose("UserChangePassword", req, context)

@@ -67,13 +67,19 @@ class Ctx:
             raise result
         return result
 
+    def token_metadata(self, context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...] | None:
+        """The caller's token as metadata, for a request this member forwards to the leader."""
+        token = next((v for k, v in context.invocation_metadata() or () if k in TOKEN_KEYS), None)
+        return (("token", token),) if isinstance(token, str) else None
+
     async def auth_info(self, context: grpc.aio.ServicerContext) -> AuthInfo | None:
         """etcd's AuthInfoFromCtx: the user of the request's token at the current auth revision.
 
         None when auth is disabled (the metadata is not even read: the hot path pays one flag
         test; etcd would refuse a stale token here, we ignore it) or no token was sent. A token
         names the index of the entry that assigned it: a member that has not applied it yet
-        waits for it, as etcd does, so a token from one member works on every member."""
+        waits for it, as etcd does, so a token from one member works on every member; an index
+        the cluster has not committed is refused at once."""
         auth = self.sm.auth
         if not auth.enabled:
             return None
@@ -85,9 +91,16 @@ class Ctx:
         _, dot, index = token.rpartition(".")
         if not dot or not index.isdigit():
             raise EtcdError(Reason.INVALID_AUTH_TOKEN)
-        if int(index) > self.node.applied:
+        idx = int(index)
+        if idx > self.node.committed:
+            # not committed here: ask the leader (ReadIndex) rather than wait, so a made-up
+            # index (`x.999999999`) is refused at once, not after TOKEN_INDEX_WAIT_S
+            await self.node.read_barrier()
+            if idx > self.node.applied:
+                raise EtcdError(Reason.INVALID_AUTH_TOKEN)
+        if idx > self.node.applied:
             try:
-                await self.node.wait_applied(int(index), TOKEN_INDEX_WAIT_S)
+                await self.node.wait_applied(idx, TOKEN_INDEX_WAIT_S)
             except EtcdError:
                 raise EtcdError(Reason.INVALID_AUTH_TOKEN) from None
         user = auth.token_user(token)

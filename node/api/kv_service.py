@@ -141,7 +141,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             if not _all_serializable(request):
                 await self.ctx.node.read_barrier()
             if sm.auth.enabled:
-                sm.auth.check_txn(ai, request)
+                sm.auth.check_txn(ai, request, sm.lease_keys)
             out = await read_txn(sm, request)
             self._check_auth_unchanged(ai)
             return await _join(out.parts(self.ctx.header(out.revision)))

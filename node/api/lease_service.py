@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.errors import EtcdError, Reason, from_status
+from node.errors import EtcdError, Reason, from_status, lookup
 from node.kv.apply import MAX_LEASE_TTL, OP_LEASE_GRANT, OP_LEASE_REVOKE, encode
 from node.pb import rpc_pb2, rpc_pb2_grpc
 
@@ -92,22 +92,36 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     async def LeaseTimeToLive(
         self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        """With keys=True and auth on, the caller needs read on every attached key (etcd's fix
+        for CVE-2023-32082, 3.4.26/3.5.9): key names are not for whoever knows a lease ID. The
+        member that builds the answer (the leader) decides; a follower forwards the caller's token."""
+        auth = self.ctx.sm.auth
+        check = request.keys and auth.enabled
+        ai = await self.ctx.auth_info(context) if check else None
         if self.ctx.lessor.is_leader():
             ls = self.ctx.sm.leases.get(request.ID)
             resp = rpc_pb2.LeaseTimeToLiveResponse(header=self.ctx.header(), ID=request.ID)
             if ls is None:
                 resp.TTL = -1
                 return resp
+            if request.keys:
+                keys = sorted(ls.keys)
+                if check:
+                    for k in keys:
+                        auth.check(ai, k, b"", False)
+                resp.keys.extend(keys)
             resp.TTL = self.ctx.lessor.remaining(request.ID)
             resp.grantedTTL = ls.ttl
-            if request.keys:
-                resp.keys.extend(sorted(ls.keys))
             return resp
         try:
-            fwd = await self._leader_stub().LeaseTimeToLive(request, timeout=5.0)
+            md = self.ctx.token_metadata(context) if check else None
+            fwd = await self._leader_stub().LeaseTimeToLive(request, timeout=5.0, metadata=md)
         except grpc.aio.AioRpcError as e:
+            text = e.details() or Reason.NO_LEADER.text
+            if lookup(text).code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN):
+                raise from_status(e.code(), text) from e  # the leader's refusal (auth), as it said it
             # the leader's answer, passed on as Unavailable (this member could not serve it)
-            raise from_status(grpc.StatusCode.UNAVAILABLE, e.details() or Reason.NO_LEADER.text) from e
+            raise from_status(grpc.StatusCode.UNAVAILABLE, text) from e
         fwd.header.CopyFrom(self.ctx.header())
         return fwd
 

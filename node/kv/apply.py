@@ -392,7 +392,7 @@ class KVStateMachine:
 
     def _txn(self, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         if self.auth.enabled:
-            self.auth.check_txn(self._ai, t)
+            self.auth.check_txn(self._ai, t, self.lease_keys)
         txn = self.store.begin()
         # dry-run semantics: if any op fails (e.g. a lease is missing) nothing is applied
         saved_leases = {i: set(s.keys) for i, s in self.leases.items()}
@@ -457,6 +457,11 @@ class KVStateMachine:
             await asyncio.sleep(0 if s.trimming() else 0.05)
 
     # -- leases ------------------------------------------------------------------------
+    def lease_keys(self, lease_id: int) -> set[bytes]:
+        """The keys attached to a lease (none for an unknown lease)."""
+        lease = self.leases.get(lease_id)
+        return lease.keys if lease is not None else set()
+
     def _check_lease_puts(self, lease_id: int) -> None:
         """etcd's checkLeasePuts: using or revoking a lease needs write on every key it holds."""
         lease = self.leases.get(lease_id)

@@ -7,7 +7,9 @@ already hashed (`hash_password` runs on the member that takes the request), neve
 Simple tokens (`<16 letters>.<raft index>`) are each member's memory, as in etcd: a member
 assigns one when it applies the Authenticate entry, so a token from any member works on all of
 them; they expire after TOKEN_TTL seconds unused and vanish on auth disable, on a password
-change or deletion of their user, and on restart (beyond what the replayed log re-assigns).
+change or deletion of their user, and on restart (beyond what the replayed log re-assigns). The
+Authenticate entry carries the proposer's wall-clock time and the TTL runs from it, so a replayed
+entry re-assigns a token only for what is left of its TTL: an expired token stays dead after restart.
 
 The permission rules are etcd's (auth/store.go, range_perm_cache.go): a user with the root role
 may do anything; a single key needs a permission interval containing it; a range needs the union
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +33,7 @@ from node.pb import auth_pb2, rpc_pb2
 
 ROOT = "root"
 TOKEN_TTL = 300.0  # etcd's --auth-token-ttl default, seconds since last use
+TOKEN_TTL_ENV = "QUORUMLAB_AUTH_TOKEN_TTL"  # etcd's --auth-token-ttl, as an environment knob
 TOKEN_LETTERS = string.ascii_lowercase + string.ascii_uppercase
 READ, WRITE, READWRITE = auth_pb2.Permission.READ, auth_pb2.Permission.WRITE, auth_pb2.Permission.READWRITE
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # ~16 MiB, tens of ms: etcd's bcrypt cost 10 is of the same order
@@ -82,6 +86,25 @@ def token_prefix() -> str:
     return "".join(secrets.choice(TOKEN_LETTERS) for _ in range(16))
 
 
+def authenticate_extra(now: float | None = None) -> str:
+    """What an Authenticate entry carries: `<token prefix>@<proposer's wall-clock seconds>`."""
+    return f"{token_prefix()}@{time.time() if now is None else now:.3f}"
+
+
+def token_ttl_from_env() -> float:
+    """The simple-token TTL: $QUORUMLAB_AUTH_TOKEN_TTL seconds (tests shorten it), else etcd's 300."""
+    raw = os.environ.get(TOKEN_TTL_ENV, "")
+    if not raw:
+        return TOKEN_TTL
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = 0.0
+    if not 0 < ttl < 1e9:
+        raise SystemExit(f"error: {TOKEN_TTL_ENV} must be a positive number of seconds, got {raw!r}")
+    return ttl
+
+
 def _interval(key: bytes, range_end: bytes) -> tuple[bytes, End]:
     """A permission's interval: a single key, [key, end), or [key, ∞) for end "\\x00"."""
     if not range_end:
@@ -116,13 +139,20 @@ def _covered(ivls: list[tuple[bytes, End]], begin: bytes, end: End) -> bool:
 class AuthStore:
     """The replicated auth state plus this member's simple tokens."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        ttl: float | None = None,
+    ) -> None:
         self.enabled = False
         self.revision = 1  # etcd commits revision 1 when it creates the store
         self.users: dict[str, User] = {}
         self.roles: dict[str, list[Perm]] = {}
         self.tokens: dict[str, tuple[str, float]] = {}  # token -> (user, expiry); local, not replicated
         self._clock = clock
+        self._wall = wall
+        self.ttl = token_ttl_from_env() if ttl is None else ttl
         self._perm_cache: dict[str, tuple[list[tuple[bytes, End]], list[tuple[bytes, End]]]] = {}
 
     # -- snapshot --------------------------------------------------------------------
@@ -156,14 +186,19 @@ class AuthStore:
         if hit[1] < now:
             del self.tokens[token]
             return None
-        self.tokens[token] = (hit[0], now + TOKEN_TTL)
+        self.tokens[token] = (hit[0], now + self.ttl)
         return hit[0]
 
-    def _assign(self, user: str, token: str) -> None:
+    def _assign(self, user: str, token: str, issued_at: float | None) -> None:
+        """Assign for what is left of the TTL since issued_at (the proposer's wall clock; None:
+        an entry from before it was carried), or not at all once that has run out."""
+        left = self.ttl if issued_at is None else min(self.ttl, self.ttl - (self._wall() - issued_at))
+        if left <= 0:
+            return
         now = self._clock()
         if len(self.tokens) > 1024:  # drop expired ones now and then
             self.tokens = {t: v for t, v in self.tokens.items() if v[1] >= now}
-        self.tokens[token] = (user, now + TOKEN_TTL)
+        self.tokens[token] = (user, now + left)
 
     def _invalidate_user(self, user: str) -> None:
         self.tokens = {t: v for t, v in self.tokens.items() if v[0] != user}
@@ -220,9 +255,14 @@ class AuthStore:
         if not self._is_root(ai.user):
             raise EtcdError(Reason.PERMISSION_DENIED)
 
-    def check_txn(self, ai: AuthInfo | None, t: rpc_pb2.TxnRequest) -> None:
+    def check_txn(
+        self, ai: AuthInfo | None, t: rpc_pb2.TxnRequest, lease_keys: Callable[[int], Iterable[bytes]]
+    ) -> None:
         """etcd's checkTxnAuth: compares and ranges need read, puts and deletes write (and read
-        for prev_kv). Unlike etcd 3.4 this also descends into nested txns."""
+        for prev_kv). Stricter than etcd 3.4 in three ways: a put with prev_kv also needs read
+        (else a write-only user reads the old value), a put with a lease needs write on the keys
+        already on that lease (as a single Put, etcd's checkLeasePuts; lease_keys gives them), and
+        nested txns are checked too."""
         for c in t.compare:
             self.check(ai, c.key, c.range_end, False)
         for ops in (t.success, t.failure):
@@ -231,14 +271,19 @@ class AuthStore:
                 if which == "request_range":
                     self.check(ai, op.request_range.key, op.request_range.range_end, False)
                 elif which == "request_put":
-                    self.check(ai, op.request_put.key, b"", True)
+                    p = op.request_put
+                    self.check(ai, p.key, b"", True)
+                    if p.prev_kv:
+                        self.check(ai, p.key, b"", False)
+                    for k in sorted(lease_keys(p.lease)) if p.lease else ():
+                        self.check(ai, k, b"", True)
                 elif which == "request_delete_range":
                     d = op.request_delete_range
                     if d.prev_kv:
                         self.check(ai, d.key, d.range_end, False)
                     self.check(ai, d.key, d.range_end, True)
                 elif which == "request_txn":
-                    self.check_txn(ai, op.request_txn)
+                    self.check_txn(ai, op.request_txn, lease_keys)
 
     def password_of(self, name: str) -> str:
         """etcd's CheckPassword up to the hash comparison (the caller runs that off the loop)."""
@@ -284,14 +329,19 @@ class AuthStore:
             self.tokens.clear()
         return rpc_pb2.AuthDisableResponse()
 
+    def _apply_AuthStatus(self, r: Any, ai: AuthInfo | None, index: int, extra: str) -> Any:
+        """etcd 3.5's AuthStatus (root only once enabled, a log entry like every auth read)."""
+        return rpc_pb2.AuthStatusResponse(enabled=self.enabled, authRevision=self.revision)
+
     def _apply_Authenticate(self, r: rpc_pb2.AuthenticateRequest, ai: AuthInfo | None, index: int, extra: str) -> Any:
         if not self.enabled:
             raise EtcdError(Reason.AUTH_NOT_ENABLED)
         u = self.users.get(r.name)
         if u is None or u.no_password:
             raise EtcdError(Reason.AUTH_FAILED)
-        token = f"{extra}.{index}"
-        self._assign(r.name, token)
+        prefix, _, at = extra.partition("@")
+        token = f"{prefix}.{index}"
+        self._assign(r.name, token, float(at) if at else None)
         return rpc_pb2.AuthenticateResponse(token=token)
 
     def _apply_UserAdd(self, r: rpc_pb2.AuthUserAddRequest, ai: AuthInfo | None, index: int, extra: str) -> Any:
@@ -439,6 +489,7 @@ class AuthStore:
 _REQUESTS: dict[str, Any] = {
     "AuthEnable": rpc_pb2.AuthEnableRequest,
     "AuthDisable": rpc_pb2.AuthDisableRequest,
+    "AuthStatus": rpc_pb2.AuthStatusRequest,
     "Authenticate": rpc_pb2.AuthenticateRequest,
     "UserAdd": rpc_pb2.AuthUserAddRequest,
     "UserGet": rpc_pb2.AuthUserGetRequest,

@@ -1221,6 +1221,11 @@ class AuthStub:
                 request_serializer=node_dot_pb_dot_rpc__pb2.AuthDisableRequest.SerializeToString,
                 response_deserializer=node_dot_pb_dot_rpc__pb2.AuthDisableResponse.FromString,
                 _registered_method=True)
+        self.AuthStatus = channel.unary_unary(
+                '/etcdserverpb.Auth/AuthStatus',
+                request_serializer=node_dot_pb_dot_rpc__pb2.AuthStatusRequest.SerializeToString,
+                response_deserializer=node_dot_pb_dot_rpc__pb2.AuthStatusResponse.FromString,
+                _registered_method=True)
         self.Authenticate = channel.unary_unary(
                 '/etcdserverpb.Auth/Authenticate',
                 request_serializer=node_dot_pb_dot_rpc__pb2.AuthenticateRequest.SerializeToString,
@@ -1304,6 +1309,13 @@ class AuthServicer:
 
     def AuthDisable(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthStatus(self, request, context):
+        """etcd 3.5, root only
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1404,6 +1416,11 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.AuthDisable,
                     request_deserializer=node_dot_pb_dot_rpc__pb2.AuthDisableRequest.FromString,
                     response_serializer=node_dot_pb_dot_rpc__pb2.AuthDisableResponse.SerializeToString,
+            ),
+            'AuthStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthStatus,
+                    request_deserializer=node_dot_pb_dot_rpc__pb2.AuthStatusRequest.FromString,
+                    response_serializer=node_dot_pb_dot_rpc__pb2.AuthStatusResponse.SerializeToString,
             ),
             'Authenticate': grpc.unary_unary_rpc_method_handler(
                     servicer.Authenticate,
@@ -1530,6 +1547,33 @@ class Auth:
             '/etcdserverpb.Auth/AuthDisable',
             node_dot_pb_dot_rpc__pb2.AuthDisableRequest.SerializeToString,
             node_dot_pb_dot_rpc__pb2.AuthDisableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etcdserverpb.Auth/AuthStatus',
+            node_dot_pb_dot_rpc__pb2.AuthStatusRequest.SerializeToString,
+            node_dot_pb_dot_rpc__pb2.AuthStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
