@@ -429,7 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     from chaos import cli as chaos_cli
 
     chaos_cli.add_parsers(sub)
+    _bench_parsers(sub)
     return p
+
+
+def _bench_parsers(sub: Any) -> None:
+    """`orchestrate bench` (the bench/ package, installed with the others): imported here, at the root."""
+    from bench import cli as bench_cli
+
+    bench_cli.add_parsers(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

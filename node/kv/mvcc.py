@@ -394,9 +394,10 @@ class StoreWalk:
                 if r > self.rev:
                     break
                 self._hrev = r
-                keys = tuple(e.kv.key for e in evs if r > self.crev or e.type == PUT)
-                if len(keys) > 1:
-                    self._order.append(pack((r, keys)))
+                if len(evs) > 1:  # nearly every revision is one put: nothing to order, nothing to build
+                    keys = tuple(e.kv.key for e in evs if r > self.crev or e.type == PUT)
+                    if len(keys) > 1:
+                        self._order.append(pack((r, keys)))
                 if time.perf_counter() >= deadline and r < self.rev:  # a revision may hold many events
                     return False
         self.close()

@@ -8,6 +8,7 @@ simulation replays exactly.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -117,6 +118,10 @@ class Raft:
         self.prs: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
         self.msgs: list[Message] = []
+        # proposals made in one turn leave together (see _flush_proposals): one MsgApp per follower
+        # and one MsgProp to the leader per Ready instead of one per request
+        self._bcast_due = False
+        self._fwd_props: list[Entry] = []
         self.read_states: list[ReadState] = []
         self.pending_reads: list[_PendingRead] = []
         self.stashed_reads: list[Message] = []
@@ -257,6 +262,8 @@ class Raft:
     def has_ready(self) -> bool:
         return bool(
             self.msgs
+            or self._bcast_due
+            or self._fwd_props
             or self.read_states
             or self.log.unstable_entries()
             or self.log.pending_snapshot is not None
@@ -266,6 +273,7 @@ class Raft:
         )
 
     def ready(self) -> Ready:
+        self._flush_proposals()
         rd = Ready()
         ss = SoftState(self.lead, self.role)
         if ss != self._prev_ss:
@@ -527,7 +535,28 @@ class Raft:
         elif self.lead == NONE:
             raise ProposalDropped(DropReason.NO_LEADER)
         else:
-            self._send(Message(MsgType.PROP, to=self.lead, entries=[e]))
+            self._fwd_props.append(e)
+
+    def _flush_proposals(self) -> None:
+        """Send what this turn's proposals need: the leader's appends, a follower's one MsgProp.
+
+        A follower whose leader went away meanwhile drops them, as a lost MsgProp would be:
+        the proposers time out (Raft never promised them anything).
+        """
+        if self._bcast_due:
+            self._bcast_due = False
+            if self.role == Role.LEADER:
+                for pid in self.prs:
+                    if pid != self.id:
+                        self._send_append(pid, send_if_empty=False)
+        if self._fwd_props:
+            ents, self._fwd_props = self._fwd_props, []
+            if self.role == Role.LEADER:
+                with contextlib.suppress(ProposalDropped):
+                    self._leader_propose(ents)
+                    self._flush_proposals()
+            elif self.lead != NONE:
+                self._send(Message(MsgType.PROP, to=self.lead, entries=ents))
 
     def _forward(self, m: Message) -> None:
         """Pass a client request on to the leader, keeping its original sender."""
@@ -545,7 +574,7 @@ class Raft:
                     raise ProposalDropped(DropReason.CONF_CHANGE_PENDING)
                 self.pending_conf_index = self.log.last_index() + 1 + ents.index(e)
         self._append_entries(ents)
-        self._bcast_append()
+        self._bcast_due = True
 
     def _append_entries(self, ents: list[Entry]) -> None:
         li = self.log.last_index()

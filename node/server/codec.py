@@ -65,10 +65,16 @@ def msg_to_wire(m: Message, with_snapshot_data: bool = True) -> list[Any]:
     ]
 
 
+# plain dict lookups: calling the Enum class per message and per entry showed in the profile
+_MSG_TYPES = {int(t): t for t in MsgType}
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+
+
 def msg_from_wire(v: list[Any]) -> Message:
     try:
         t, to, frm, term, log_term, index, ents, commit, reject, hint, snap, ctx = v
-        mtype = MsgType(t)
+        mtype = _MSG_TYPES[t]
+        etype = _ENTRY_TYPES
         return Message(
             mtype,
             to=int(to),
@@ -76,15 +82,15 @@ def msg_from_wire(v: list[Any]) -> Message:
             term=int(term),
             log_term=int(log_term),
             index=int(index),
-            entries=[Entry(int(i), int(tm), EntryType(ty), _bytes(d)) for i, tm, ty, d in ents],
+            entries=[Entry(int(i), int(tm), etype[ty], _bytes(d)) for i, tm, ty, d in ents],
             commit=int(commit),
             reject=bool(reject),
             reject_hint=int(hint),
             snapshot=snap_from_wire(snap) if snap is not None else None,
             context=_bytes(ctx),
         )
-    except (ValueError, TypeError) as e:
-        raise CodecError(f"malformed raft message: {e}") from e
+    except (ValueError, TypeError, KeyError) as e:
+        raise CodecError(f"malformed raft message: {e!r}") from e
 
 
 def pack(obj: Any) -> bytes:

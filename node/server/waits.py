@@ -29,6 +29,9 @@ class Wait(Generic[K, T]):
         self._futs[key] = fut
         return fut
 
+    def __len__(self) -> int:
+        return len(self._futs)
+
     def forget(self, key: K) -> None:
         """The waiter gave up: a later trigger for this key is ignored."""
         self._futs.pop(key, None)
