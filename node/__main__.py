@@ -10,12 +10,15 @@ import signal
 import sys
 from pathlib import Path
 
+from node.api.admin_service import allow_admin_certificate
 from node.api.server import ApiServer, PortInUse, ServerTLS
 from node.kv import KVStateMachine
 from node.kv.retention import MODES, Retention, RetentionError, parse_retention
 from node.secret import SecretError, load_secret
 from node.server.members import parse_initial_cluster
+from node.server.peer_tls import PeerTLS, PeerTLSError
 from node.server.raftnode import ConfigError, NodeConfig, RaftNode
+from node.server.transport import use_peer_tls
 from node.storage.disk import StorageError
 from node.storage.snapshot import SnapshotCorruption
 from node.storage.wal import WalCorruption
@@ -77,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="etcd's: refuse clients without a certificate signed by --trusted-ca-file",
     )
+    p.add_argument("--peer-cert-file", type=Path, default=None, help="etcd's: the peer port's TLS certificate (PEM)")
+    p.add_argument("--peer-key-file", type=Path, default=None, help="etcd's: its private key (PEM)")
+    p.add_argument(
+        "--peer-trusted-ca-file", type=Path, default=None, help="etcd's: the CA that signs peers' certificates (PEM)"
+    )
+    p.add_argument(
+        "--peer-client-cert-auth",
+        action="store_true",
+        help="etcd's: refuse peers without a certificate signed by --peer-trusted-ca-file",
+    )
+    p.add_argument(
+        "--admin-cert-cn",
+        default=None,
+        help="ours: Admin calls are also accepted from a client certificate with this common name (signed by "
+        "--trusted-ca-file; needs --client-cert-auth), instead of the token",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -93,9 +112,11 @@ def check_flags(args: argparse.Namespace) -> str | None:
         args.quota = int(args.quota_backend_bytes)
     except ValueError:
         return f"--quota-backend-bytes must be a whole number of bytes, not {args.quota_backend_bytes!r}"
-    bad = _check_tls(args)
+    bad = _check_tls(args) or _check_peer_tls(args)
     if bad is not None:
         return bad
+    if args.admin_cert_cn is not None and not (args.tls is not None and args.tls.client_cert_auth):
+        return "--admin-cert-cn needs a TLS client port with --client-cert-auth (only verified certificates count)"
     args.peer_secret = None
     if args.peer_auth_file is not None:
         try:
@@ -140,6 +161,47 @@ def _check_tls(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _check_peer_tls(args: argparse.Namespace) -> str | None:
+    """Read the peer TLS files into args.peer_tls (None: plaintext peers only), with etcd's rules.
+
+    An https:// --listen-peer needs --peer-cert-file and --peer-key-file; an http:// (or bare) one
+    ignores them with etcd's warning. The dialing side is set up whenever peer TLS flags are given:
+    https:// peer URLs are dialed over TLS, verified against --peer-trusted-ca-file."""
+    args.peer_tls = None
+    listen = args.listen_peer.strip()
+    scheme = listen.split("://", 1)[0].lower() if "://" in listen else ""
+    if scheme not in ("", "http", "https"):
+        return f"--listen-peer: unsupported scheme {scheme!r} in {listen!r} (http or https)"
+    if (args.peer_cert_file is None) != (args.peer_key_file is None):
+        return "--peer-cert-file and --peer-key-file go together"
+    have = args.peer_cert_file is not None
+    if scheme == "https" and not have:
+        host, port = _hostport(listen)
+        return f"cannot listen on TLS for {host}:{port}: KeyFile and CertFile are not presented"
+    if args.peer_client_cert_auth and args.peer_trusted_ca_file is None:
+        return "--peer-client-cert-auth needs --peer-trusted-ca-file (the CA peer certificates must be signed by)"
+    if have and scheme != "https":
+        log.warning("scheme is HTTP while key and cert files are present; ignoring key and cert files (%s)", listen)
+    if not have and args.peer_trusted_ca_file is None:
+        return None
+    try:
+        args.peer_tls = PeerTLS.from_files(
+            args.peer_cert_file,
+            args.peer_key_file,
+            args.peer_trusted_ca_file,
+            args.peer_client_cert_auth,
+            serve_tls=scheme == "https",
+        )
+    except PeerTLSError as e:
+        return str(e)
+    return None
+
+
+def _hostport(url: str) -> tuple[str, str]:
+    host, _, port = url.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return host, port
+
+
 async def serve(args: argparse.Namespace) -> int:
     try:
         cluster = parse_initial_cluster(args.initial_cluster)
@@ -171,6 +233,9 @@ async def serve(args: argparse.Namespace) -> int:
         peer_secret=args.peer_secret,
         fast_failover=args.fast_failover,
     )
+    use_peer_tls(args.peer_tls)
+    if args.admin_cert_cn is not None:
+        allow_admin_certificate(args.admin_cert_cn)
     sm = KVStateMachine()
     node = RaftNode(cfg, sm)
     compaction: Retention = args.compaction

@@ -22,7 +22,7 @@ from pathlib import Path
 
 NONCE_BYTES = 32
 ADMIN_METADATA_KEY = "quorumlab-admin-token"
-_PEER_LABEL = b"quorumlab peer auth v1|"
+_PEER_LABEL = b"quorumlab peer auth v2|"
 _ADMIN_LABEL = b"quorumlab admin token v1"
 
 
@@ -72,9 +72,13 @@ def load_secret(path: Path) -> bytes:
     return data
 
 
-def peer_mac(secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes) -> bytes:
-    """A side's proof for one connection: role is b"client" (who connected) or b"server"."""
-    return hmac.new(secret, _PEER_LABEL + role + b"|" + client_nonce + server_nonce, hashlib.sha256).digest()
+def peer_mac(secret: bytes, role: bytes, client_nonce: bytes, server_nonce: bytes, bound: bytes = b"") -> bytes:
+    """A side's proof for one connection: role is b"client" (who connected) or b"server".
+
+    `bound` is the connection's first frame (the hello naming both member ids, or a DISCOVER): the
+    proof covers it, so nobody in the middle can change who the connection speaks as."""
+    msg = _PEER_LABEL + role + b"|" + client_nonce + server_nonce + b"|" + bound
+    return hmac.new(secret, msg, hashlib.sha256).digest()
 
 
 def admin_token(secret: bytes) -> str:

@@ -4,6 +4,10 @@
 binary from PATH with the equivalent flags and reads etcd's Maintenance.Status, so every verb,
 chaos fault and the dashboard work on either. `Cluster` asks `engine_for(st.engine)` and never
 branches on the engine's name.
+
+TLS is one switch, `ClusterState.tls`: it makes the client and peer URLs https and the engine's
+`tls_flags` give both ports certificates from the cluster's CA (orchestrator/pki.py), with client
+and peer certificates required.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Protocol
 from node.client import Client, ClientError, Reason
 from node.pb import rpc_pb2
 
+from .pki import ADMIN_CN, ClusterPKI
 from .state import ClusterState, NodeRecord
 from .views import NodeView
 
@@ -25,7 +30,38 @@ class EngineError(Exception):
 
 
 def initial_cluster(st: ClusterState, names: list[str]) -> str:
-    return ",".join(f"{n}={st.nodes[n].peer_url}" for n in names)
+    return ",".join(f"{n}={peer_url(st, st.nodes[n])}" for n in names)
+
+
+def _scheme(st: ClusterState) -> str:
+    return "https" if st.tls else "http"
+
+
+def peer_url(st: ClusterState, rec: NodeRecord) -> str:
+    """The node's peer URL: https in a TLS cluster (member ids derive from it, so every member agrees)."""
+    return f"{_scheme(st)}://{rec.address}:{rec.peer_port}"
+
+
+def client_url(st: ClusterState, rec: NodeRecord) -> str:
+    return f"{_scheme(st)}://{rec.address}:{rec.client_port}"
+
+
+def _tls_files(st: ClusterState, rec: NodeRecord, pki: ClusterPKI) -> list[str]:
+    """etcd's client and peer TLS flags for rec, certificates made on first use: both ports need our CA's
+    certificates from whoever connects (clients and peers alike)."""
+    cert, key = pki.ensure_server(rec.name, [rec.address, rec.host], [peer_url(st, rec)])
+    ca = str(pki.ca_cert)
+    return [
+        *_flags(
+            ("--cert-file", str(cert)),
+            ("--key-file", str(key)),
+            ("--trusted-ca-file", ca),
+            ("--peer-cert-file", str(cert)),
+            ("--peer-key-file", str(key)),
+            ("--peer-trusted-ca-file", ca),
+        ),
+        *("--client-cert-auth", "--peer-client-cert-auth"),
+    ]
 
 
 class Engine(Protocol):
@@ -44,6 +80,10 @@ class Engine(Protocol):
         self, st: ClusterState, rec: NodeRecord, data_dir: Path, cluster_state: str, members: list[str], python: str
     ) -> list[str]:
         """The node's command line (an absolute data dir; members: the --initial-cluster)."""
+        ...
+
+    def tls_flags(self, st: ClusterState, rec: NodeRecord, pki: ClusterPKI) -> list[str]:
+        """What a node of a TLS cluster (st.tls) adds to its command line: client and peer certificates."""
         ...
 
     async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:
@@ -105,14 +145,18 @@ class BuiltinEngine:
             *(python, "-m", "node"),
             *_identity(rec, data_dir),
             *_flags(
-                ("--listen-client", rec.client_url if rec.tls else rec.endpoint),
-                ("--listen-peer", f"{rec.address}:{rec.peer_port}"),
+                ("--listen-client", client_url(st, rec) if st.tls else rec.endpoint),
+                ("--listen-peer", peer_url(st, rec)),
             ),
             *_cluster_flags(st, members, cluster_state),
             *_flags(("--log-level", st.log_level)),
             *_limits(st),
             *(["--enable-fault-injection"] if st.fault_injection else []),
         ]
+
+    def tls_flags(self, st: ClusterState, rec: NodeRecord, pki: ClusterPKI) -> list[str]:
+        # the orchestrator's client certificate is an Admin credential on its own (no token needed)
+        return [*_tls_files(st, rec, pki), "--admin-cert-cn", ADMIN_CN]
 
     async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:
         try:
@@ -172,15 +216,18 @@ class EtcdEngine:
             etcd_binary(),
             *identity,
             *_flags(
-                ("--listen-client-urls", rec.client_url),
-                ("--advertise-client-urls", rec.client_url),
-                ("--listen-peer-urls", rec.peer_url),
-                ("--initial-advertise-peer-urls", rec.peer_url),
+                ("--listen-client-urls", client_url(st, rec)),
+                ("--advertise-client-urls", client_url(st, rec)),
+                ("--listen-peer-urls", peer_url(st, rec)),
+                ("--initial-advertise-peer-urls", peer_url(st, rec)),
             ),
             *_cluster_flags(st, members, cluster_state),
             *_limits(st),
             *_flags(("--logger", "zap"), ("--log-level", level)),
         ]
+
+    def tls_flags(self, st: ClusterState, rec: NodeRecord, pki: ClusterPKI) -> list[str]:
+        return _tls_files(st, rec, pki)
 
     async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:
         s = await _public_status(c, rec, v, ids)

@@ -1,9 +1,12 @@
 """A cluster's own certificate authority for `orchestrate up --tls` (the `cryptography` package).
 
-`<state>/tls/` holds ca.crt/ca.key, one server certificate per node (node.<name>.crt/.key, with a SAN for
-every address the node serves) and client.crt/.key, the orchestrator's own client certificate
-(chaos, experiments and the dashboard use it too). Keys are written mode 0600 and never replaced:
-a file that exists is reused, so a restarted node keeps its certificate.
+`<state>/tls/` holds ca.crt/ca.key, one certificate per node (node.<name>.crt/.key: serverAuth for
+its client and peer ports, clientAuth for dialing its peers, a SAN for every address the node
+serves, and its peer URL as a URI SAN, which members check a connection's claimed member against)
+and client.crt/.key, the orchestrator's own client certificate (chaos, experiments and the
+dashboard use it too). Its common name ADMIN_CN is what nodes accept as the Admin credential
+(--admin-cert-cn); no node may carry it. Keys are written mode 0600. A node's certificate is reused
+while it covers every address asked for, and issued again (same name) when one is missing.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_DAYS = 3650
 CERT_DAYS = 825
-CLIENT_NAME = "client"  # client.crt: the orchestrator's (CN quorumlab-orchestrator)
+CLIENT_NAME = "client"  # client.crt: the orchestrator's
+ADMIN_CN = "quorumlab-orchestrator"  # client.crt's common name: nodes take it as the Admin credential
 # what a lab node always serves on besides its own address
 LOOPBACK = ("127.0.0.1", "localhost")
 
@@ -56,14 +60,33 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def _san(addresses: Iterable[str]) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = []
+def _san(addresses: Iterable[str], uris: Iterable[str] = ()) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in dict.fromkeys(uris)]
     for a in dict.fromkeys(addresses):  # once each, in order
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(a)))
         except ValueError:
             names.append(x509.DNSName(a))
     return x509.SubjectAlternativeName(names)
+
+
+def _covers(cert_file: Path, addresses: Iterable[str], uris: Iterable[str] = ()) -> bool:
+    """Whether the certificate's SANs name every address and URI (a node moved needs a new one)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    have = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
+    have |= set(san.get_values_for_type(x509.UniformResourceIdentifier))
+    return all(str(_ip_or_name(a)) in have for a in addresses) and all(u in have for u in uris)
+
+
+def _ip_or_name(a: str) -> str:
+    try:
+        return str(ipaddress.ip_address(a))
+    except ValueError:
+        return a
 
 
 class ClusterPKI:
@@ -112,7 +135,14 @@ class ClusterPKI:
         _write(self.ca_key, _key_pem(key), 0o600)
         _write(self.ca_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
-    def _issue(self, name: str, cn: str, addresses: Iterable[str], usages: list[x509.ObjectIdentifier]) -> None:
+    def _issue(
+        self,
+        name: str,
+        cn: str,
+        addresses: Iterable[str],
+        usages: list[x509.ObjectIdentifier],
+        uris: Iterable[str] = (),
+    ) -> None:
         self.ensure_ca()
         ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey), "our CA key is always EC"
@@ -132,25 +162,30 @@ class ClusterPKI:
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         )
-        addrs = list(addresses)
-        if addrs:
-            b = b.add_extension(_san(addrs), critical=False)
+        addrs, urls = list(addresses), list(uris)
+        if addrs or urls:
+            b = b.add_extension(_san(addrs, urls), critical=False)
         cert = b.sign(ca_key, hashes.SHA256())
         _write(self.key(name), _key_pem(key), 0o600)
         _write(self.cert(name), cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
-    def ensure_server(self, node: str, addresses: Iterable[str]) -> tuple[Path, Path]:
+    def ensure_server(self, node: str, addresses: Iterable[str], peer_urls: Iterable[str] = ()) -> tuple[Path, Path]:
         """The node's (cert, key) as node.<name>.crt/.key (a node name has no dot, so never ca or client);
         made once, valid for LOOPBACK and addresses (say its netns address)."""
+        if node == ADMIN_CN:
+            raise ValueError(f"a node cannot be named {ADMIN_CN!r}: that name is the orchestrator's Admin credential")
         f = f"node.{node}"
-        if not (self.cert(f).exists() and self.key(f).exists()):
-            # clientAuth too, as etcd's docs advise: the same certificate can later serve peer TLS
+        wanted = [*LOOPBACK, *addresses]
+        urls = list(peer_urls)
+        if not (self.cert(f).exists() and self.key(f).exists() and _covers(self.cert(f), wanted, urls)):
+            # clientAuth too, as etcd's docs advise: the same certificate dials peers. The peer URL as a
+            # URI SAN: a member refuses a connection whose hello names a member this certificate is not
             usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            self._issue(f, node, (*LOOPBACK, *addresses), usages)
+            self._issue(f, node, wanted, usages, urls)
         return self.cert(f), self.key(f)
 
     def ensure_client(self) -> tuple[Path, Path]:
         """The orchestrator's client (cert, key), for a node started with --client-cert-auth."""
         if not (self.cert(CLIENT_NAME).exists() and self.key(CLIENT_NAME).exists()):
-            self._issue(CLIENT_NAME, "quorumlab-orchestrator", (), [ExtendedKeyUsageOID.CLIENT_AUTH])
+            self._issue(CLIENT_NAME, ADMIN_CN, (), [ExtendedKeyUsageOID.CLIENT_AUTH])
         return self.cert(CLIENT_NAME), self.key(CLIENT_NAME)

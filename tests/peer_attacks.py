@@ -4,7 +4,9 @@ Raw sockets and the codec's own frame kinds, so the same attacks run against any
 node (tests/test_security.py; the "before" figures of issue #11 ran them on the code before it).
 The attacker is as strong as it gets without the secret: it computes the member and cluster ids
 from the peer URLs and the token (as every founding member does) and reads term and log index
-through the client port.
+through the client port. A few go further: a process holding the secret that speaks as another
+member (member_sends, swapped_hello), and a TLS dialer with a certificate the node does not trust
+(tls_discover).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import struct
 from typing import Any
 
@@ -86,6 +89,25 @@ async def bad_hello(port: int, fake_auth: bool = False) -> Any:
         writer.close()
 
 
+async def tls_discover(port: int, ctx: ssl.SSLContext, first: list[Any] | None = None) -> Any:
+    """A DISCOVER (or `first`) over TLS with `ctx` (say, a certificate from another CA): the node's
+    answer, CLOSED when the handshake or the node refuses it."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1"), 3.0
+        )
+    except (ssl.SSLError, ConnectionError):
+        return CLOSED
+    try:
+        writer.write(pack(first or [F_DISCOVER, "https://127.0.0.1:1"]))
+        await writer.drain()
+        return await read_reply(reader)
+    except (ConnectionError, ssl.SSLError):
+        return CLOSED
+    finally:
+        writer.close()
+
+
 def put_payload(key: bytes, value: bytes) -> bytes:
     from node.pb import rpc_pb2
 
@@ -101,6 +123,50 @@ async def send_msgs(port: int, cid: int, frm: int, to: int, msgs: list[Message],
         writer.write(pack([F_MSGS, [msg_to_wire(m) for m in msgs]]))
         await writer.drain()
         return await read_reply(reader, 1.0)
+    except ConnectionError:
+        return CLOSED
+    finally:
+        writer.close()
+
+
+async def member_sends(
+    port: int, secret: bytes, hello: list[Any], msgs: list[Message], tls: ssl.SSLContext | None = None
+) -> Any:
+    """As a process that holds the secret (and, with tls, a member's certificate): authenticate with
+    `hello`, send msgs; the node's answer (None: silent, the connection still open)."""
+    from node.server.transport import authenticate_to
+
+    host = "127.0.0.1"
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None), 3.0
+    )
+    try:
+        await asyncio.wait_for(authenticate_to(reader, writer, secret, hello), 3.0)
+        writer.write(pack([F_MSGS, [msg_to_wire(m) for m in msgs]]))
+        await writer.drain()
+        return await read_reply(reader, 2.0)
+    except ConnectionError:
+        return CLOSED
+    finally:
+        writer.close()
+
+
+async def swapped_hello(port: int, secret: bytes, proved: list[Any], sent: list[Any]) -> Any:
+    """A man in the middle: the proof is made for hello `proved`, but hello `sent` goes on the wire."""
+    from node.secret import NONCE_BYTES, peer_mac
+
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+    try:
+        nc = os.urandom(NONCE_BYTES)
+        writer.write(pack([F_AUTH, nc]))
+        await writer.drain()
+        got = await read_reply(reader, 2.0)
+        if not (isinstance(got, list) and len(got) == 2):
+            return got
+        mac = peer_mac(secret, b"client", nc, got[1], pack(proved)[4:])
+        writer.write(pack([F_AUTH, mac]) + pack(sent))
+        await writer.drain()
+        return await read_reply(reader, 2.0)
     except ConnectionError:
         return CLOSED
     finally:

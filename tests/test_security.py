@@ -179,8 +179,8 @@ async def test_a_member_with_a_bad_frame_loses_its_connection_with_one_line(node
     for garbage in (pack(5), pack([1, "x"]), pack([1, [[11, 1]]]), pack([2, 1, 2]), b"\0\0\0\x03\xc1\xc1\xc1"):
         reader, writer = await asyncio.open_connection("127.0.0.1", c.peer[target])
         mine.append(str(writer.get_extra_info("sockname")))
-        await authenticate_to(reader, writer, SECRET)
-        writer.write(pack([F_HELLO, cid, mids["n1"] if target != "n1" else mids["n2"], mids[target]]))
+        hello = [F_HELLO, cid, mids["n1"] if target != "n1" else mids["n2"], mids[target]]
+        await authenticate_to(reader, writer, SECRET, hello)
         writer.write(garbage)
         await writer.drain()
         assert await attack.read_reply(reader, 3.0) == attack.CLOSED
@@ -189,6 +189,42 @@ async def test_a_member_with_a_bad_frame_loses_its_connection_with_one_line(node
     assert [sum(addr in ln for ln in lines) for addr in mine] == [1] * 5
     assert "Traceback" not in c.log(target)
     assert c.alive(target)
+
+
+async def test_a_member_cannot_speak_as_another_member(node_cluster: Make) -> None:
+    """A process holding the secret authenticates as a follower and sends an AppendEntries in the
+    leader's name: the node refuses it (one line, the connection closed), term unchanged, nothing
+    committed. And a hello changed after the proof was made is refused: the proof covers it."""
+    c = node_cluster(3, secret=SECRET)
+    c.start_all()
+    before = await _settled(c)
+    cid, mids = _ids(c)
+    leader = next(n for n, s in before.items() if s["role"] == "leader")
+    target, other = [n for n in c.names if n != leader]
+    st = before[target]
+    forged = attack.forged_append(mids[leader], mids[target], st["term"] + 100, st["last_index"], st["term"], b"forged")
+    reply = await attack.member_sends(c.peer[target], SECRET, [F_HELLO, cid, mids[other], mids[target]], [forged])
+    assert reply == attack.CLOSED
+    # the proof is made for one hello, another one is sent: refused before any message
+    swapped = await attack.swapped_hello(
+        c.peer[target], SECRET, [F_HELLO, cid, mids[other], mids[target]], [F_HELLO, cid, mids[leader], mids[target]]
+    )
+    assert swapped == attack.CLOSED
+    await asyncio.sleep(0.5)
+    after = await c.statuses()
+    assert after[target]["term"] < st["term"] + 50
+    async with Client([c.endpoint(target)], timeout=2.0) as cl:
+        assert (await cl.get("forged")).kvs == []
+    log = c.log(target)
+    assert (
+        sum(
+            f"a message from member {mids[leader]:x} on the connection of member {mids[other]:x}" in ln
+            for ln in log.splitlines()
+        )
+        == 1
+    ), log
+    assert "wrong proof of the cluster secret" in log
+    assert "Traceback" not in log
 
 
 async def test_a_member_started_without_the_secret_is_shut_out(node_cluster: Make) -> None:
@@ -218,8 +254,7 @@ async def test_a_member_started_without_the_secret_is_shut_out(node_cluster: Mak
 
 async def _member_conn(t: Transport, port: int, frm: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await authenticate_to(reader, writer, SECRET)
-    writer.write(pack([F_HELLO, t.cluster_id, frm, t.member_id]))
+    await authenticate_to(reader, writer, SECRET, [F_HELLO, t.cluster_id, frm, t.member_id])
     return reader, writer
 
 

@@ -5,6 +5,11 @@ ids, peers and fault rules), needs the cluster's credential: gRPC metadata `quor
 holding a token derived from the secret (node/secret.py). A derived token rather than the secret,
 so a token seen on an unencrypted wire lets nobody speak Raft. etcd's Maintenance.Status stays
 the public liveness check. Without a secret the service is open, as before.
+
+On a TLS client port that verifies client certificates (--client-cert-auth), a certificate whose
+common name is --admin-cert-cn (the orchestrator's, orchestrator/pki.py) is accepted in place of
+the token: the TLS handshake proved it was signed by the trusted CA and that the caller holds its
+key. A member's certificate (its CN is its name) or any other client's is not.
 """
 
 from __future__ import annotations
@@ -26,6 +31,16 @@ from node.server.raftnode import RaftNode
 from .context import Ctx, grpc_errors
 
 T = TypeVar("T")
+
+# the CN of the client certificate Admin accepts without a token (node/__main__.py sets it only for a
+# client port that verifies certificates: grpc passes an unverified certificate's CN through too)
+_admin_cert_cn: bytes | None = None
+
+
+def allow_admin_certificate(cn: str | None) -> None:
+    """Accept Admin calls from a verified client certificate with this common name (None: none)."""
+    global _admin_cert_cn
+    _admin_cert_cn = cn.encode() if cn else None
 
 
 def _rules_pb(rules: list[Rule]) -> admin_pb2.FaultRules:
@@ -103,6 +118,15 @@ def _admin_only(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return wrapper
 
 
+def _cert_common_names(context: grpc.aio.ServicerContext) -> list[bytes]:
+    """The CN of the caller's client certificate, as the TLS layer verified it ([] without one)."""
+    try:
+        names = context.auth_context().get("x509_common_name", [])
+    except Exception:  # noqa: BLE001 - no auth context (plaintext): no certificate
+        return []
+    return [n for n in names if isinstance(n, bytes)]
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
@@ -110,6 +134,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._token = admin_token(secret) if secret is not None else None
 
     def check_credential(self, context: grpc.aio.ServicerContext) -> None:
+        if _admin_cert_cn is not None:
+            if _admin_cert_cn in _cert_common_names(context):
+                return
+            if self._token is None:  # a certificate is the only credential this node knows
+                raise EtcdError(Reason.ADMIN_DENIED)
         if self._token is None:
             return
         sent = dict(context.invocation_metadata() or ()).get(ADMIN_METADATA_KEY)

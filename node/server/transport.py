@@ -3,8 +3,13 @@
 * With a cluster secret (--peer-auth-file), both sides of every connection first prove they
   know it (challenge-response, node/secret.py) before any other frame, DISCOVER included; a
   stranger gets the connection closed and one (rate-limited) log line, and learns nothing.
+* With peer TLS (node/server/peer_tls.py) the listener of an https:// peer URL runs the TLS
+  handshake first (a failure is one rate-limited log line), and https:// peers are dialed over TLS.
 * A hello frame carries the cluster id and both member ids; a node of another
-  cluster (or a message for another member) is refused and the refusal logged.
+  cluster (or a message for another member) is refused and the refusal logged. With a secret the
+  proofs cover the hello, and every message on the connection must come from the member it
+  named: a member cannot speak as another one on its connection (the sender check). Over TLS, a
+  dialer whose certificate lists peer URLs (URI SANs) may only name the member with one of them.
 * Bounded: a frame over MAX_FRAME (MAX_HELLO_FRAME before the hello) closes the connection;
   at most MAX_UNPROVEN connections may be on their way through the hello (a new one evicts the
   oldest, so idle strangers cannot lock members out; the first frame is due within
@@ -27,6 +32,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
@@ -55,6 +62,8 @@ from .codec import (
     pack,
     unpack,
 )
+from .members import normalize_url
+from .peer_tls import PeerTLS, describe, is_https
 
 log = logging.getLogger("quorumlab.transport")
 
@@ -71,10 +80,29 @@ SPOOL_MARGIN = (8 << 20) + (1 << 20)
 # twice etcd's default quota (2 GiB): a member's snapshot never comes near it, a flood stops there
 SNAPSHOT_LIMIT = 4 << 30
 MAC_BYTES = 32
+TLS_DIAL_TIMEOUT = 3.0  # connect and TLS handshake to an https:// peer
+
+# The peer TLS contexts of this process (node/__main__.py sets them from the flags): a Transport or
+# discover() given none uses these.
+_process_tls: PeerTLS | None = None
+
+
+def use_peer_tls(tls: PeerTLS | None) -> None:
+    """Peer TLS for every transport and discovery of this process (None: plaintext only)."""
+    global _process_tls
+    _process_tls = tls
 
 
 class AuthError(CodecError):
     """The other side did not prove that it knows the cluster secret."""
+
+
+class TLSRefused(CodecError):
+    """The TLS handshake on the peer port failed (a plaintext dialer, an untrusted certificate, ...)."""
+
+
+class WrongSender(CodecError):
+    """A message whose sender is not the member its connection authenticated as."""
 
 
 class TransferRefused(CodecError):
@@ -89,35 +117,60 @@ def _auth_value(frame: Any, size: int) -> bytes:
     return frame[1]
 
 
-async def authenticate_to(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
-    """Who connected: prove we know the secret, then make the server prove it too."""
+async def authenticate_to(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes, first: list[Any]
+) -> None:
+    """Who connected: prove we know the secret and send `first` (the hello or a DISCOVER), which the
+    proofs cover; then make the server prove it too."""
     nc = os.urandom(NONCE_BYTES)
+    body = pack(first)[FRAME.size :]
     try:
         writer.write(pack([F_AUTH, nc]))
         await writer.drain()
         ns = _auth_value(await read_frame(reader, MAX_HELLO_FRAME), NONCE_BYTES)
-        writer.write(pack([F_AUTH, peer_mac(secret, b"client", nc, ns)]))
+        writer.write(pack([F_AUTH, peer_mac(secret, b"client", nc, ns, body)]) + FRAME.pack(len(body)) + body)
         await writer.drain()
         proof = _auth_value(await read_frame(reader, MAX_HELLO_FRAME), MAC_BYTES)
     except asyncio.IncompleteReadError as e:
         raise AuthError(
             "the peer closed the connection during authentication (a different cluster secret, or none)"
         ) from e
-    if not same(proof, peer_mac(secret, b"server", nc, ns)):
+    if not same(proof, peer_mac(secret, b"server", nc, ns, body)):
         raise AuthError("the peer could not prove it knows the cluster secret")
 
 
-async def _authenticate_from(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> None:
-    """Who accepted: the client proves itself first, so a stranger gets nothing but a nonce."""
+async def _authenticate_from(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: bytes) -> Any:
+    """Who accepted: the client proves itself first, so a stranger gets nothing but a nonce. Returns
+    the client's first frame, which its proof covers."""
     nc = _auth_value(await asyncio.wait_for(read_frame(reader, MAX_HELLO_FRAME), FIRST_FRAME_TIMEOUT), NONCE_BYTES)
     ns = os.urandom(NONCE_BYTES)
     writer.write(pack([F_AUTH, ns]))
     await writer.drain()
     proof = _auth_value(await read_frame(reader, MAX_HELLO_FRAME), MAC_BYTES)
-    if not same(proof, peer_mac(secret, b"client", nc, ns)):
+    body = await _read_body(reader, MAX_HELLO_FRAME)
+    if not same(proof, peer_mac(secret, b"client", nc, ns, body)):
         raise AuthError("wrong proof of the cluster secret")
-    writer.write(pack([F_AUTH, peer_mac(secret, b"server", nc, ns)]))
+    writer.write(pack([F_AUTH, peer_mac(secret, b"server", nc, ns, body)]))
     await writer.drain()
+    return unpack(body)
+
+
+async def dial(url: str, timeout: float, tls: PeerTLS | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to a peer URL: over TLS (verifying the peer against the peer CA) when it is https://."""
+    host, port = parse_hostport(url)
+    if not is_https(url):
+        return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    # an https peer with no peer TLS flags: the system's CAs, as etcd's dialer without --peer-trusted-ca-file
+    ctx = tls.client if tls is not None else ssl.create_default_context()
+    try:
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=host, ssl_handshake_timeout=max(timeout, TLS_DIAL_TIMEOUT)
+            ),
+            max(timeout, TLS_DIAL_TIMEOUT),
+        )
+    except ssl.SSLError as e:
+        raise TLSRefused(describe(e)) from e
 
 
 def parse_hostport(addr: str) -> tuple[str, int]:
@@ -129,16 +182,16 @@ def parse_hostport(addr: str) -> tuple[str, int]:
 
 
 async def discover(
-    peer_url: str, my_peer_url: str, timeout: float = 2.0, secret: bytes | None = None
+    peer_url: str, my_peer_url: str, timeout: float = 2.0, secret: bytes | None = None, tls: PeerTLS | None = None
 ) -> tuple[int, list[int]]:
     """Ask a member over its peer port which cluster it belongs to and who its members are."""
-    host, port = parse_hostport(peer_url)
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    reader, writer = await dial(peer_url, timeout, tls if tls is not None else _process_tls)
     try:
         if secret is not None:
-            await asyncio.wait_for(authenticate_to(reader, writer, secret), timeout)
-        writer.write(pack([F_DISCOVER, my_peer_url]))
-        await writer.drain()
+            await asyncio.wait_for(authenticate_to(reader, writer, secret, [F_DISCOVER, my_peer_url]), timeout)
+        else:
+            writer.write(pack([F_DISCOVER, my_peer_url]))
+            await writer.drain()
         frame = await asyncio.wait_for(read_frame(reader), timeout)
         if not (isinstance(frame, list) and len(frame) == 3 and frame[0] == F_DISCOVER):
             raise CodecError("unexpected discovery reply")
@@ -147,12 +200,16 @@ async def discover(
         writer.close()
 
 
-async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> Any:
+async def _read_body(reader: asyncio.StreamReader, limit: int) -> bytes:
     head = await reader.readexactly(FRAME.size)
     (n,) = FRAME.unpack(head)
     if n > limit:
         raise CodecError(f"frame of {n} bytes exceeds the {limit}-byte limit")
-    return unpack(await reader.readexactly(n))
+    return await reader.readexactly(n)
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_FRAME) -> Any:
+    return unpack(await _read_body(reader, limit))
 
 
 class _SnapshotRx:
@@ -237,13 +294,14 @@ class _Peer:
         while True:
             writer: asyncio.StreamWriter | None = None
             try:
-                host, port = parse_hostport(self.addr)
-                reader, w = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+                reader, w = await dial(self.addr, 1.0, self.t.tls)
                 writer = w
+                hello = [F_HELLO, self.t.cluster_id, self.t.member_id, self.id]
                 if self.t.secret is not None:
-                    await asyncio.wait_for(authenticate_to(reader, w, self.t.secret), HELLO_TIMEOUT)
-                w.write(pack([F_HELLO, self.t.cluster_id, self.t.member_id, self.id]))
-                await w.drain()
+                    await asyncio.wait_for(authenticate_to(reader, w, self.t.secret, hello), HELLO_TIMEOUT)
+                else:
+                    w.write(pack(hello))
+                    await w.drain()
                 self.connected = True
                 self.failures = 0
                 backoff = 0.05
@@ -337,6 +395,7 @@ class Transport:
         spool_dir: Path | None = None,
         snapshot_limit: int = SNAPSHOT_LIMIT,
         spool_margin: int = SPOOL_MARGIN,
+        tls: PeerTLS | None = None,
     ) -> None:
         self.member_id = member_id
         self.cluster_id = cluster_id
@@ -352,6 +411,7 @@ class Transport:
         self.inbound: dict[int, int] = {}  # peer id -> open inbound streams
         self._conns: set[asyncio.StreamWriter] = set()
         self.secret = secret  # None: no authentication, as before --peer-auth-file existed
+        self.tls = tls if tls is not None else _process_tls  # None: plaintext peer port, http:// peers only
         self.spool_dir = spool_dir
         self.snapshot_limit = snapshot_limit
         # connections still in their hello, oldest first (a dict keeps insertion order)
@@ -361,11 +421,65 @@ class Transport:
         self._tasks: set[asyncio.Task[None]] = set()  # fire-and-forget tasks, kept until done
         self.spool_margin = spool_margin
         self._refusal_logged = 0.0
+        # an https listener: its socket, accept loop and the TLS handshakes in progress (oldest first)
+        self._tls_sock: socket.socket | None = None
+        self._tls_accept: asyncio.Task[None] | None = None
+        self._handshakes: dict[asyncio.Task[None], None] = {}
         self._refusals_quiet = 0
 
     async def listen(self, addr: str) -> None:
         host, port = parse_hostport(addr)
-        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        if self.tls is None or self.tls.server is None:
+            self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+            return
+        # TLS: our own accept loop, so a failed handshake surfaces here with its reason (a server
+        # made with ssl= drops it silently) and the first bytes reach the TLS layer on any loop
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setblocking(False)
+        self._tls_sock = sock
+        self._tls_accept = asyncio.get_running_loop().create_task(self._accept_tls(sock, self.tls.server))
+
+    async def _accept_tls(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as e:  # out of file descriptors, say: keep serving the others
+                log.warning("peer port: accept failed: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            if len(self._handshakes) >= MAX_UNPROVEN:
+                oldest = next(iter(self._handshakes))
+                self._log_refusal(addr, f"{MAX_UNPROVEN} TLS handshakes in progress; closing the oldest")
+                oldest.cancel()
+            task = loop.create_task(self._tls_handshake(conn, addr, ctx))
+            self._handshakes[task] = None
+            self._tasks.add(task)  # the connection's whole life runs in it: keep it referenced
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda t: self._handshakes.pop(t, None))
+
+    async def _tls_handshake(self, conn: socket.socket, addr: Any, ctx: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        try:
+            # uvloop returns its own SSL protocol here: the stream's is the one we made
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                conn,
+                ssl=ctx,
+                ssl_handshake_timeout=HELLO_TIMEOUT,
+            )
+        except asyncio.CancelledError:  # evicted (logged then) or closing
+            conn.close()
+            return
+        except (ssl.SSLError, OSError, TimeoutError) as e:
+            conn.close()
+            self._log_refusal(addr, describe(e))
+            return
+        self._handshakes.pop(asyncio.current_task(), None)  # type: ignore[arg-type]  # proven: out of the eviction pool
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self._handle(reader, writer)
 
     def set_peers(self, peers: dict[int, str]) -> None:
         """Reconcile outbound streams with the current membership (id -> peer address)."""
@@ -433,10 +547,9 @@ class Transport:
         self._refusal_logged, self._refusals_quiet = now, 0
 
     async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-        """Authenticate (with a secret), then the first frame: a hello or a DISCOVER."""
+        """Authenticate (with a secret), then the first frame: a hello or a DISCOVER (TLS is done by then)."""
         if self.secret is not None:
-            await _authenticate_from(reader, writer, self.secret)
-            return await read_frame(reader, MAX_HELLO_FRAME)
+            return await _authenticate_from(reader, writer, self.secret)
         return await asyncio.wait_for(read_frame(reader, MAX_HELLO_FRAME), FIRST_FRAME_TIMEOUT)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -492,6 +605,10 @@ class Transport:
                 writer.write(pack([F_REFUSE, f"this node is not member {to:x} of cluster {cid:x}"]))
                 await writer.drain()
                 return
+            wrong = self._not_certified_for(writer, frm)
+            if wrong is not None:
+                self._log_refusal(addr, wrong)
+                return
             peer = int(frm)
             self.inbound[peer] = self.inbound.get(peer, 0) + 1
             me = self.names(self.member_id)
@@ -521,6 +638,10 @@ class Transport:
                     msgs = [m]
                 else:
                     raise CodecError(f"unexpected frame kind {kind!r}")
+                for m in msgs:
+                    if m.frm != peer:
+                        # the sender check: this connection speaks for `peer` only
+                        raise WrongSender(f"a message from member {m.frm:x} on the connection of member {peer:x}")
                 if self.faults is not None:
                     src = self.names(peer)
                     msgs = [m for m in msgs if self.faults.verdict(src, me) is not None]
@@ -546,6 +667,24 @@ class Transport:
                 if self.inbound[peer] == 0 and self._on_peer_lost is not None:
                     self._on_peer_lost(peer)
 
+    def _not_certified_for(self, writer: asyncio.StreamWriter, frm: int) -> str | None:
+        """Why the dialer's certificate may not speak as member `frm` (None: it may).
+
+        A certificate listing peer URLs as URI SANs (orchestrator/pki.py issues them so) speaks only
+        for the member with one of those URLs; one without URI SANs (etcd-style) is not checked."""
+        cert = writer.get_extra_info("peercert")
+        if not cert:
+            return None
+        uris = {normalize_url(str(v)).lower() for k, v in cert.get("subjectAltName", ()) if k == "URI"}
+        if not uris:
+            return None
+        p = self.peers.get(frm)
+        if p is None:
+            return f"its certificate is for {', '.join(sorted(uris))}; member {frm:x} is not known here"
+        if normalize_url(p.addr).lower() not in uris:
+            return f"its certificate is for {', '.join(sorted(uris))}, not member {frm:x} ({p.addr})"
+        return None
+
     def _release_snapshot(self, peer: int, writer: asyncio.StreamWriter) -> None:
         if self._snapshots_from.get(peer) is writer:
             del self._snapshots_from[peer]
@@ -553,6 +692,14 @@ class Transport:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self._tls_accept is not None:
+            self._tls_accept.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._tls_accept
+        for t in list(self._handshakes):
+            t.cancel()
+        if self._tls_sock is not None:
+            self._tls_sock.close()
         for w in list(self._conns):
             w.close()
         for p in list(self.peers.values()):
