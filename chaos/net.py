@@ -21,8 +21,10 @@ import asyncio
 from typing import Protocol
 
 from node.client import ClientError
+from orchestrator import remote_fw
 from orchestrator.cluster import Cluster
 from orchestrator.netns import NetError, list_ns, netns_available, run
+from orchestrator.remote import RemoteError
 from orchestrator.state import NetRule  # saved with the cluster's state; kept importable from here
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "LocalBackend",
     "NetRule",
     "NetnsBackend",
+    "RemoteBackend",
     "backend_for",
     "cleanup_all",
     "netdevs",
@@ -168,7 +171,65 @@ class NetnsBackend:
         await self.apply([])
 
 
+class RemoteBackend(NetnsBackend):
+    """iptables DROP rules on remote hosts over SSH, in the cluster's own chain (orchestrator/remote_fw.py).
+
+    Rules match peer addresses, so they separate hosts: nodes sharing a host (and its address) cannot
+    be cut off from each other, and a fault that would need it is refused.
+    """
+
+    name = "remote"
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.c = cluster
+        if cluster.remote is None:
+            raise NetError("the remote network backend is for clusters on remote hosts")
+        self._local_delays = False
+
+    def _apply_sync(self, rules: list[NetRule]) -> None:
+        st = self.c.st
+        names = st.live_names()
+        by_host: dict[str, list[list[str]]] = {st.nodes[n].host: [] for n in names}
+        for r in rules:
+            for a in names:
+                for b in names:
+                    if a != b and r.src in ("*", a) and r.dst in ("*", b) and self._addr(a) == self._addr(b):
+                        raise NetError(f"{a} and {b} share host {st.nodes[a].host}: iptables cannot cut them apart")
+        for n in names:
+            host = by_host[st.nodes[n].host]
+            for r in rules:
+                for p in (p for p in names if p != n):
+                    if r.src in ("*", n) and r.dst in ("*", p):
+                        host.append(["-d", self._addr(p), *self._target(r)])  # n sends to p
+                    if r.src in ("*", p) and r.dst in ("*", n):
+                        host.append(["-s", self._addr(p), *self._target(r)])  # n receives from p
+        rl = self.c.remote
+        assert rl is not None
+        chain = remote_fw.chain_name(st)
+        if rules and set(by_host) - set(st.fw_hosts):  # recorded before any rule exists: a crash leaves a trace
+            st.fw_hosts = sorted(set(st.fw_hosts) | set(by_host))
+            self.c.save()
+        try:
+            for h, hrules in by_host.items():
+                if hrules or h in st.fw_hosts:
+                    remote_fw.apply(rl.conn(h), chain, _unique(hrules))
+        except RemoteError as e:
+            raise NetError(str(e)) from None
+
+
+def _unique(rules: list[list[str]]) -> list[list[str]]:
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for r in rules:
+        if tuple(r) not in seen:
+            seen.add(tuple(r))
+            out.append(r)
+    return out
+
+
 def backend_for(cluster: Cluster) -> Backend:
+    if cluster.remote is not None:
+        return RemoteBackend(cluster)
     if cluster.st.network == "netns":
         return NetnsBackend(cluster)
     return LocalBackend(cluster)

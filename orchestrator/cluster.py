@@ -11,7 +11,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from node.client import Client, ClientError, ClientTLS, Reason
@@ -22,6 +23,7 @@ from .config import ClusterConfig
 from .engines import Engine, engine_for
 from .launcher import LocalLauncher
 from .netns import Netns, netns_identity
+from .remote import RemoteError, RemoteLauncher
 from .state import ClusterState, NetnsPlacement, NodeRecord, StateDir
 from .views import ClusterView, NodeView
 
@@ -59,11 +61,33 @@ class Cluster:
     def __init__(self, root: Path, name: str, launcher: LocalLauncher | None = None) -> None:
         self.dir = StateDir(root, name)
         self.name = name
-        self.launcher = launcher or LocalLauncher()
+        self._launcher: LocalLauncher | RemoteLauncher | None = launcher
         self._st: ClusterState | None = None
         self.fresh = False  # create() made a new cluster (nothing of it existed before this up)
         self.removed: list[str] = []  # what the last down(purge=True) deleted
         self.kept: list[str] = []  # what it found in the cluster's directory but did not make, so left alone
+
+    @property
+    def launcher(self) -> LocalLauncher | RemoteLauncher:
+        """Local processes, or (a cluster on remote hosts) SSH with one kept connection per host."""
+        if self._launcher is None:
+            st = self._st if self._st is not None else (self.dir.load() if self.dir.exists() else None)
+            self._launcher = RemoteLauncher(st.hosts, st.name) if st is not None and st.remote else LocalLauncher()
+        return self._launcher
+
+    @launcher.setter
+    def launcher(self, value: LocalLauncher | RemoteLauncher) -> None:
+        self._launcher = value
+
+    @property
+    def remote(self) -> RemoteLauncher | None:
+        """The SSH launcher of a cluster on remote hosts; None for local nodes."""
+        return self.launcher if isinstance(self.launcher, RemoteLauncher) else None
+
+    def close(self) -> None:
+        """Close the SSH connections (a no-op for local nodes)."""
+        if self.remote is not None:
+            self.remote.close()
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -161,7 +185,10 @@ class Cluster:
             quota_backend_bytes=cfg.quota_backend_bytes,
             fault_injection=cfg.fault_injection,
             tls=cfg.tls,
+            hosts={h.name: h for h in cfg.hosts if h.remote},
         )
+        if st.remote and self._launcher is None:
+            self._launcher = RemoteLauncher(st.hosts, st.name)
         for name in cfg.nodes:
             host = cfg.host_of(name)
             st.nodes[name] = NodeRecord(
@@ -180,7 +207,7 @@ class Cluster:
         st = self.st
         for n in names:
             d = self.dir.data_dir(n)
-            if not d.is_dir() or not any(d.iterdir()):
+            if st.remote or not d.is_dir() or not any(d.iterdir()):
                 continue
             fix = (
                 f"remove it (`rm -r {d}`, or `orchestrate --root {self.dir.root} --name {self.name} down --purge` "
@@ -223,7 +250,7 @@ class Cluster:
         busy = []
         for n in names:
             r = self.st.nodes[n]
-            if r.netns:
+            if r.netns or self.st.remote:
                 continue  # a fresh namespace of its own: nothing else listens there
             for kind, port in (("client", r.client_port), ("peer", r.peer_port)):
                 if not port_free(r.address, port):
@@ -238,19 +265,30 @@ class Cluster:
         st = self.st
         rec = st.nodes[name]
         data = self.dir.data_dir(name)  # on a restart both engines ignore cluster_state: the data decides
-        cmd = self.engine.command(st, rec, data, cluster_state, members or st.live_names(), sys.executable)
+        python = st.host_python.get(rec.host, "python3") if st.remote else sys.executable
+        cmd = self.engine.command(st, rec, data, cluster_state, members or st.live_names(), python)
+        if st.remote and self.engine.name == "etcd":
+            cmd[0] = "etcd"  # the host's own, checked by the deploy
         # a new cluster gets a secret; one made before secrets existed keeps running without, so a
         # restarted member never cuts itself off from members still running without it
         if self.engine.peer_auth and (self.fresh or self.dir.secret_file.exists()):
             cmd += ["--peer-auth-file", str(self.dir.ensure_secret())]
-        if rec.tls:
+        if st.tls:
             try:
-                cmd += self.dir.node_tls_flags(rec)
+                self.dir.ensure()
+                cmd += self.engine.tls_flags(st, rec, self.dir.pki)
             except OSError as e:
                 raise OrchestrateError(f"cannot make {name}'s certificate: {e.strerror or e}: {e.filename}") from None
+            except ValueError as e:  # a name the PKI refuses (the Admin certificate's CN)
+                raise OrchestrateError(str(e)) from None
         # the node runs in its own data dir with absolute paths: never in the repo or the user's cwd
         try:
-            rec.pid, rec.create_time = self.launcher.start(cmd, self.dir.log_file(name), data, rec.netns)
+            if isinstance(self.launcher, RemoteLauncher):
+                rec.pid, rec.create_time = self.launcher.start(cmd, self.dir.log_file(name), data, rec=rec)
+            else:
+                rec.pid, rec.create_time = self.launcher.start(cmd, self.dir.log_file(name), data, rec.netns)
+        except RemoteError as e:
+            raise OrchestrateError(str(e)) from None
         except OSError as e:
             raise OrchestrateError(f"cannot start {name}: {e.strerror or e}: {e.filename or data}") from None
         rec.desired = "running"
@@ -265,6 +303,8 @@ class Cluster:
             nn = self.netns()
             if nn is not None:
                 nn.create(len(self.st.nodes))
+            if self.st.remote:
+                self.deploy(progress)
             self.check_ports(names)
             for n in names:
                 self.spawn(n)
@@ -278,6 +318,32 @@ class Cluster:
             if isinstance(e, OrchestrateError) and note:
                 raise OrchestrateError(f"{e}\n{note}") from None
             raise
+
+    def deploy(self, progress: Callable[[str], None] | None = None) -> None:
+        """Install quorumlab on every host in parallel (warm hosts are skipped) and record each one's python."""
+        from .remote_deploy import deploy
+
+        rl = self.remote
+        assert rl is not None
+        say = progress or (lambda s: None)
+        hosts = sorted({self.st.nodes[n].host for n in self.st.live_names()})
+        say(f"deploying to {', '.join(hosts)}")
+
+        def one(h: str) -> tuple[str, bool]:
+            return deploy(rl.conn(h), self.st.engine)
+
+        with ThreadPoolExecutor(len(hosts)) as pool:
+            futures = {h: pool.submit(one, h) for h in hosts}
+        errors = []
+        for h, f in futures.items():
+            try:
+                self.st.host_python[h], installed = f.result()
+                say(f"{h}: {'installed quorumlab' if installed else 'quorumlab already there'}")
+            except RemoteError as e:
+                errors.append(str(e))
+        if errors:
+            raise OrchestrateError("\n".join(errors))
+        self.save()
 
     def _undo_up(self, started: list[str]) -> str:
         """After a failed up: stop the nodes it started; a new cluster leaves only its logs."""
@@ -296,6 +362,9 @@ class Cluster:
         nn = self.netns()
         if nn is not None:
             nn.destroy()
+        if st.remote and started:
+            with contextlib.suppress(OrchestrateError):
+                self._remote_cleanup(purge=True)
         for n in started:
             shutil.rmtree(self.dir.data_dir(n), ignore_errors=True)
         self.dir.file.unlink(missing_ok=True)
@@ -402,6 +471,11 @@ class Cluster:
         return "\n".join(lines)
 
     def log_tail(self, name: str, n: int) -> list[str]:
+        if self.remote is not None:
+            try:
+                return self.remote.log_tail(self.st.nodes[name], n)
+            except RemoteError as e:
+                return [f"(cannot read the log over SSH: {e})"]
         p = self.dir.log_file(name)
         if not p.exists():
             return []
@@ -447,12 +521,47 @@ class Cluster:
         nn = self.netns()
         if nn is not None:
             self.removed += [f"network namespace or bridge {x} (and its rules)" for x in nn.destroy()]
+        if self.st.remote:
+            self.removed += self._remote_cleanup(purge)
         if purge:
             self._purge(set(self.st.nodes), made_root=self.st.made_root)
             self._st = None
         else:
             self.save()
         return stopped
+
+    def _remote_cleanup(self, purge: bool) -> list[str]:
+        """Remove our iptables chain from every host that may hold it, and (purge) the cluster's files there."""
+        from . import remote_fw
+
+        rl = self.remote
+        assert rl is not None
+        st = self.st
+        done: list[str] = []
+        chain = remote_fw.chain_name(st)
+        errors = []
+        for h in sorted(set(st.fw_hosts)):
+            try:
+                remote_fw.remove(rl.conn(h), chain)
+                done.append(f"iptables chain {chain} on {h}")
+            except RemoteError as e:
+                errors.append(str(e))
+        st.fw_hosts = [h for h in st.fw_hosts if any(h in e for e in errors)]
+        if purge:
+            for h in sorted({st.nodes[n].host for n in st.nodes}):
+                try:
+                    done.append(f"{rl.purge(h, list(st.nodes))} (data, logs, pid files, secrets)")
+                except RemoteError as e:
+                    errors.append(str(e))
+        if errors:
+            raise OrchestrateError("; ".join(errors))
+        return done
+
+    def follow_log(self, name: str) -> Iterator[str]:
+        """New lines of a node's log as they are written (over SSH for a remote node)."""
+        if self.remote is not None:
+            return self.remote.follow(self.st.nodes[name])
+        return _follow_file(self.dir.log_file(name))
 
     def _purge(self, nodes: set[str], made_root: bool) -> None:
         what, kept = self.dir.purge(nodes, made_root)
@@ -467,13 +576,23 @@ class Cluster:
         st = self.st
         names = st.live_names()
         ids = {r.member_id: n for n, r in st.nodes.items() if r.member_id}
-        if usage:  # psutil measures CPU between two calls: prime now, read after the queries
+        if usage and self.remote is None:  # psutil measures CPU between two calls: prime now, read after the queries
             for n in names:
                 self.launcher.usage(st.nodes[n])
-            t0 = time.monotonic()
+        t0 = time.monotonic()
+        # process states first (over SSH: one probe per host, in a thread), so no RPC deadline runs
+        # while an SSH command blocks, and the dashboard's event loop never waits on the network
+        if self.remote is not None:
+            states = await asyncio.to_thread(lambda: {n: self.launcher.state(st.nodes[n]) for n in names})
+        else:
+            states = {n: self.launcher.state(st.nodes[n]) for n in names}
         async with self.client(timeout=timeout) as c:
-            views = await asyncio.gather(*(self._node_view(c, n, ids) for n in names))
-        if usage:
+            views = await asyncio.gather(*(self._node_view(c, n, ids, states[n]) for n in names))
+        if usage and self.remote is not None:  # CPU since the last poll, from the probe states just made
+            for v in views:
+                if v.state != "stopped":
+                    v.cpu, v.rss = self.launcher.usage(st.nodes[v.name])
+        elif usage:
             await asyncio.sleep(max(0.0, 0.25 - (time.monotonic() - t0)))
             for v in views:
                 if v.state != "stopped":
@@ -533,9 +652,8 @@ class Cluster:
             )
         return warnings
 
-    async def _node_view(self, c: Client, name: str, ids: dict[str, str]) -> NodeView:
+    async def _node_view(self, c: Client, name: str, ids: dict[str, str], state: str) -> NodeView:
         rec = self.st.nodes[name]
-        state = self.launcher.state(rec)
         v = NodeView(
             name, state, pid=rec.pid if state != "stopped" else 0, client_url=rec.client_url, member_id=rec.member_id
         )
@@ -765,3 +883,14 @@ class Cluster:
         rec.desired = "removed"
         self.save()
         return await self.wait_ready(timeout)
+
+
+def _follow_file(path: Path) -> Iterator[str]:
+    with open(path, errors="replace") as f:
+        f.seek(0, 2)
+        while True:
+            line = f.readline()
+            if line:
+                yield line
+            else:
+                time.sleep(0.2)

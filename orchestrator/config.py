@@ -40,10 +40,31 @@ class FieldError(ValueError):
 
 @dataclass(frozen=True)
 class Host:
-    """Where nodes run. Only this machine for now: remote hosts over SSH are issue [ssh]."""
+    """Where nodes run: this machine (a loopback address) or a remote host reached over SSH.
 
-    name: str  # "localhost"
-    address: str = "127.0.0.1"  # where its nodes listen and are reached (any loopback address)
+    A remote host's nodes listen on its address; the orchestrator logs in as `user` with `key`,
+    installs quorumlab into a venv under `work_dir` with `python` (or, with deploy false, runs
+    `python` as given: an install path that already has quorumlab), and runs iptables with sudo
+    when `sudo` is true.
+    """
+
+    name: str  # "localhost" or the remote host's name in cluster.yaml
+    address: str = "127.0.0.1"  # where its nodes listen and are reached
+    user: str = "root"
+    port: int = 22
+    key: str = ""  # private key file ("" = ssh's default keys and agent)
+    python: str = "python3"
+    work_dir: str = ".quorumlab-remote"  # relative = under the user's home on the host
+    sudo: bool = False
+    deploy: bool = True
+
+    @property
+    def remote(self) -> bool:
+        return self.name not in LOCAL_HOSTS or not self.address.startswith("127.")
+
+    @property
+    def ssh_target(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}"
 
 
 # Revision mode keeping the last 10000 revisions: the history (and so each node's memory, snapshots
@@ -65,6 +86,7 @@ class ClusterConfig:
     engine: str = "builtin"
     network: str = "local"
     hosts: tuple[Host, ...] = (Host("localhost"),)
+    placement: tuple[tuple[str, str], ...] = ()  # (node, host) for nodes that name their host
     client_port: int = 2379
     peer_port: int = 12380
     heartbeat_ms: int = 100
@@ -99,14 +121,22 @@ class ClusterConfig:
         return self.peer_port + self.node_index(name)
 
     def host_of(self, name: str) -> Host:
+        placed = dict(self.placement)
+        if name in placed:
+            return next(h for h in self.hosts if h.name == placed[name])
         return self.hosts[self.node_index(name) % len(self.hosts)]
+
+    @property
+    def remote(self) -> bool:
+        """Nodes run on other hosts over SSH (then client and peer TLS are on)."""
+        return any(h.remote for h in self.hosts)
 
     def with_nodes(self, n: int | list[str]) -> ClusterConfig:
         try:
             names = v_nodes(n)
         except FieldError as e:
             raise ConfigError(f"{self.source}: nodes: {e}") from None
-        cfg = replace(self, nodes=names)
+        cfg = replace(self, nodes=names, placement=tuple(p for p in self.placement if p[0] in names))
         check_ports(cfg, self.source)
         return cfg
 
@@ -434,8 +464,10 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
     for attr in (*top_fields, "fault_injection", "tls"):
         if FIELDS[attr].key in top:
             kw[attr] = _field(src, top[FIELDS[attr].key], attr)
+    placed_at: dict[str, yaml.Node] = {}
     if "nodes" in top:
-        kw["nodes"] = _nodes(src, top["nodes"])
+        kw["nodes"], placement, placed_at = _nodes(src, top["nodes"])
+        kw["placement"] = tuple(placement)
     sections = {
         "ports": ("client_port", "peer_port"),
         "timeouts": ("heartbeat_ms", "election_ms"),
@@ -450,6 +482,16 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
                     kw[a] = _field(src, sub[k], a)
     if "hosts" in top:
         kw["hosts"] = _hosts(src, top["hosts"])
+    hosts: tuple[Host, ...] = kw.get("hosts", ClusterConfig.hosts)
+    for node, host in kw.get("placement", ()):
+        if host not in {h.name for h in hosts}:
+            raise _err(src, placed_at[node], "nodes[].host", f"{node}: no host named {host!r} in hosts:")
+    if any(h.remote for h in hosts):
+        if "tls" in top and kw.get("tls") is False:
+            raise _err(src, top["tls"], "tls", "nodes on remote hosts talk over the network: TLS stays on")
+        if kw.get("network") == "netns":
+            raise _err(src, top["network"], "network", "remote hosts use iptables over SSH; leave network: local")
+        kw["tls"] = True
     cfg = ClusterConfig(**kw)
     bad = cross_check(cfg)
     if bad is not None:
@@ -459,16 +501,34 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
     return cfg
 
 
-def _nodes(src: str, node: yaml.Node) -> tuple[str, ...]:
+def _nodes(src: str, node: yaml.Node) -> tuple[tuple[str, ...], list[tuple[str, str]], dict[str, yaml.Node]]:
+    """Node names, and (node, host) for items written `{name: n1, host: h1}`, with where each was."""
+    placement: list[tuple[str, str]] = []
+    at: dict[str, yaml.Node] = {}
     if isinstance(node, yaml.SequenceNode):
-        items = [_scalar(src, item, "nodes") for item in node.value]
+        items = []
+        for item in node.value:
+            if isinstance(item, yaml.MappingNode):
+                m = _mapping(src, item, "nodes[]", ("name", "host"))
+                if "name" not in m:
+                    raise _err(src, item, "nodes[].name", "a node written as a mapping needs a name")
+                name = _scalar(src, m["name"], "nodes[].name")
+                if "host" in m:
+                    host = _scalar(src, m["host"], "nodes[].host")
+                    if not isinstance(host, str):
+                        raise _err(src, m["host"], "nodes[].host", f"expected a host name, got {host!r}")
+                    placement.append((str(name), host))
+                    at[str(name)] = m["host"]
+                items.append(name)
+            else:
+                items.append(_scalar(src, item, "nodes"))
         try:
-            return v_node_names(items)
+            return v_node_names(items), placement, at
         except FieldError as e:
-            at = node.value[e.index] if e.index is not None else node
-            raise _err(src, at, "nodes", str(e)) from None
+            bad = node.value[e.index] if e.index is not None else node
+            raise _err(src, bad, "nodes", str(e)) from None
     try:
-        return v_nodes(_scalar(src, node, "nodes"))
+        return v_nodes(_scalar(src, node, "nodes")), placement, at
     except FieldError as e:
         raise _err(src, node, "nodes", str(e)) from None
 
@@ -476,33 +536,82 @@ def _nodes(src: str, node: yaml.Node) -> tuple[str, ...]:
 LOCAL_HOSTS = ("localhost", "local", "127.0.0.1")
 
 
+HOST_KEYS = ("name", "address", "user", "port", "key", "python", "work_dir", "sudo", "deploy")
+_ADDR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+
+def _host_text(src: str, h: dict[str, yaml.Node], key: str, check: Callable[[str], bool], what: str) -> str:
+    v = _scalar(src, h[key], f"hosts[].{key}")
+    if not isinstance(v, str) or not v or not check(v):
+        raise _err(src, h[key], f"hosts[].{key}", f"expected {what}, got {v!r}")
+    return v
+
+
+def _remote_host(src: str, item: yaml.Node, h: dict[str, yaml.Node], name: str) -> Host:
+    """A remote host's fields, each checked where it was written."""
+    if "address" not in h:
+        raise _err(src, item, "hosts[].address", f"{name}: a remote host needs an address (IP or DNS name)")
+    kw: dict[str, Any] = {
+        "address": _host_text(src, h, "address", _ADDR_RE.match, "an IP address or DNS name"),  # type: ignore[arg-type]
+    }
+    if "user" in h:
+        kw["user"] = _host_text(src, h, "user", _USER_RE.match, "a login name")  # type: ignore[arg-type]
+    if "port" in h:
+        kw["port"] = _int(src, h["port"], "hosts[].port", 1, 65535)
+    if "key" in h:
+        key = _host_text(src, h, "key", lambda v: True, "a private key file")
+        path = Path(key).expanduser()
+        if not path.is_file():
+            raise _err(src, h["key"], "hosts[].key", f"{name}: key file {key} does not exist on this machine")
+        kw["key"] = str(path.resolve())
+    if "python" in h:
+        kw["python"] = _host_text(src, h, "python", lambda v: " " not in v, "a python command or path")
+    if "work_dir" in h:
+        kw["work_dir"] = _host_text(src, h, "work_dir", lambda v: " " not in v, "a directory path")
+    for key in ("sudo", "deploy"):
+        if key in h:
+            try:
+                kw[key] = v_bool(_scalar(src, h[key], f"hosts[].{key}"))
+            except FieldError as e:
+                raise _err(src, h[key], f"hosts[].{key}", str(e)) from None
+    return Host(name, **kw)
+
+
 def _hosts(src: str, node: yaml.Node) -> tuple[Host, ...]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
         raise _err(src, node, "hosts", "expected a non-empty list of hosts")
-    out = []
+    out: list[Host] = []
     for item in node.value:
         if isinstance(item, yaml.ScalarNode):
-            name, addr_node, address = _scalar(src, item, "hosts"), item, "127.0.0.1"
+            name = _scalar(src, item, "hosts")
             if not isinstance(name, str):
                 raise _err(src, item, "hosts", f"expected a host name, got {name!r}")
+            if name not in LOCAL_HOSTS:
+                raise _err(src, item, "hosts", f"{name!r}: a remote host is a mapping with name, address, user, key")
+            host = Host(name)
         else:
-            h = _mapping(src, item, "hosts[]", ("name", "address"))
+            h = _mapping(src, item, "hosts[]", HOST_KEYS)
             if "name" not in h:
-                raise _err(src, item, "hosts[].name", "every host needs a name (localhost)")
-            name = str(_scalar(src, h["name"], "hosts[].name"))
-            addr_node = h.get("address", item)
+                raise _err(src, item, "hosts[].name", "every host needs a name (localhost, or one for a remote host)")
+            name = _host_text(src, h, "name", NAME_RE.match, "a lowercase host name like h1")  # type: ignore[arg-type]
             address = str(_scalar(src, h["address"], "hosts[].address")) if "address" in h else "127.0.0.1"
-        if name not in LOCAL_HOSTS:
-            raise _err(
-                src,
-                item,
-                "hosts",
-                f"{name!r}: nodes run on this machine only for now (remote hosts over "
-                "SSH are not implemented yet); use localhost",
-            )
-        if not address.startswith("127."):
-            raise _err(src, addr_node, "hosts[].address", f"expected a loopback address (127.x.y.z), got {address!r}")
-        out.append(Host(name, address))
+            if name in LOCAL_HOSTS:
+                if not address.startswith("127."):
+                    raise _err(
+                        src,
+                        h.get("address", item),
+                        "hosts[].address",
+                        f"expected a loopback address (127.x.y.z), got {address!r}",
+                    )
+                host = Host(name, address)
+            else:
+                host = _remote_host(src, item, h, name)
+        if host.name in {x.name for x in out}:
+            raise _err(src, item, "hosts[].name", f"host {host.name!r} listed twice")
+        out.append(host)
+    if any(h.remote for h in out) and not all(h.remote for h in out):
+        raise _err(src, node, "hosts", "mixing localhost with remote hosts: remote nodes cannot reach 127.0.0.1")
     return tuple(out)
 
 

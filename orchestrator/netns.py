@@ -59,15 +59,21 @@ class Netns:
 
     SUBNET_BASE = "10.231"
 
-    def __init__(self, tag: str, subnet: int) -> None:
+    def __init__(self, tag: str, subnet: int, prefix: str = "ql", subnet_base: str = SUBNET_BASE) -> None:
+        """prefix names the namespaces (<prefix>-<tag>-i), bridge (<prefix>b-<tag>) and veths: the SSH
+        test hosts use their own so chaos cleanup (which removes every ql-*) never touches them."""
         if len(tag) > 6 or not tag.isalnum():
             raise NetError(f"netns tag {tag!r} must be 1-6 alphanumerics")
+        if len(prefix) > 3 or not prefix.isalpha():
+            raise NetError(f"netns prefix {prefix!r} must be 1-3 letters")
         self.tag = tag
         self.subnet = subnet
-        self.bridge = f"qlb-{tag}"
+        self.prefix = prefix
+        self.SUBNET_BASE = subnet_base
+        self.bridge = f"{prefix}b-{tag}"
 
     def ns(self, node_index: int) -> str:
-        return f"ql-{self.tag}-{node_index}"
+        return f"{self.prefix}-{self.tag}-{node_index}"
 
     def address(self, node_index: int) -> str:
         return f"{self.SUBNET_BASE}.{self.subnet}.{node_index + 1}"
@@ -87,7 +93,7 @@ class Netns:
             self.add_host(i)
 
     def add_host(self, i: int) -> None:
-        ns, veth = self.ns(i), f"qlv-{self.tag}-{i}"
+        ns, veth = self.ns(i), f"{self.prefix}v-{self.tag}-{i}"
         if run(["ip", "netns", "pids", ns], check=False).returncode == 0 and ns in list_ns():
             return
         run(["ip", "netns", "add", ns])
@@ -101,7 +107,7 @@ class Netns:
     def destroy(self) -> list[str]:
         removed = []
         for ns in list_ns():
-            if ns.startswith(f"ql-{self.tag}-"):
+            if ns.startswith(f"{self.prefix}-{self.tag}-"):
                 run(["ip", "netns", "del", ns], check=False)
                 removed.append(ns)
         if run(["ip", "link", "show", self.bridge], check=False).returncode == 0:

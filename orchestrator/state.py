@@ -21,7 +21,7 @@ from typing import Any
 from node.client import ClientTLS
 from node.secret import load_secret, write_secret
 
-from .config import DEFAULT_COMPACTION_MODE, DEFAULT_COMPACTION_RETENTION, DEFAULT_QUOTA_BACKEND_BYTES
+from .config import DEFAULT_COMPACTION_MODE, DEFAULT_COMPACTION_RETENTION, DEFAULT_QUOTA_BACKEND_BYTES, Host
 from .pki import ClusterPKI
 
 
@@ -50,7 +50,8 @@ class NodeRecord:
 
     @property
     def peer_url(self) -> str:
-        return f"http://{self.address}:{self.peer_port}"
+        """What `member add` announces: https when the cluster's peers speak TLS (as engines.peer_url)."""
+        return f"{'https' if self.tls else 'http'}://{self.address}:{self.peer_port}"
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,15 @@ class ClusterState:
     netns: NetnsPlacement | None = None  # set when the cluster runs with --net netns
     chaos: ChaosState = field(default_factory=ChaosState)
     made_root: bool = False  # its first save created the root directory (a purge may remove it when empty)
+    # remote hosts (orchestrator/remote.py): how to reach each, the python that runs nodes there (set by
+    # the deploy), and the hosts where chaos may have left iptables rules in our chain (removed on heal/down)
+    hosts: dict[str, Host] = field(default_factory=dict)
+    host_python: dict[str, str] = field(default_factory=dict)
+    fw_hosts: list[str] = field(default_factory=list)
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.hosts)
 
     def live_names(self) -> list[str]:
         return [n for n, r in self.nodes.items() if r.desired != "removed"]
@@ -138,7 +148,9 @@ class ClusterState:
         netns = d.pop("netns", None) or old.get("netns")
         chaos = d.pop("chaos", None) or old.get("chaos") or {}
         made_root = bool(d.pop("made_root", False) or old.get("made_root"))
+        hosts = {k: Host(**v) for k, v in d.pop("hosts", {}).items()}
         return cls(
+            hosts=hosts,
             nodes=nodes,
             netns=NetnsPlacement(str(netns["tag"]), int(netns["subnet"])) if netns else None,
             chaos=ChaosState.from_dict(chaos),
@@ -222,17 +234,6 @@ class StateDir:
         if not self.secret_file.exists():
             return None
         return load_secret(self.secret_file)  # SecretError when unusable (say, chmod'ed open)
-
-    def node_tls_flags(self, rec: NodeRecord) -> list[str]:
-        """etcd's client TLS flags for rec (certificates made on first use): clients need our CA's certificate."""
-        self.ensure()
-        cert, key = self.pki.ensure_server(rec.name, [rec.address])
-        return [
-            *("--cert-file", str(cert)),
-            *("--key-file", str(key)),
-            *("--trusted-ca-file", str(self.pki.ca_cert)),
-            "--client-cert-auth",
-        ]
 
     def client_tls(self) -> ClientTLS | None:
         """What the orchestrator, chaos and the dashboard connect with; None for a plaintext cluster."""

@@ -143,7 +143,7 @@ def test_config_errors_name_file_line_and_field() -> None:
     cfg = parse((REPO / "cluster.yaml").read_text(), "cluster.yaml")
     assert cfg.nodes == ("n1", "n2", "n3") and cfg.client_port == 2379
     # a remote host would silently run its nodes here: refused until nodes can run over SSH
-    with pytest.raises(ConfigError, match=r"c.yaml:2: hosts: 'me@db1': nodes run on this machine only"):
+    with pytest.raises(ConfigError, match=r"c.yaml:2: hosts: 'me@db1': a remote host is a mapping"):
         parse("nodes: 3\nhosts: [me@db1]\n", "c.yaml")
     with pytest.raises(ConfigError, match=r"c.yaml:2: hosts\[\].address: expected a loopback address"):
         parse("nodes: 3\nhosts: [{name: localhost, address: 10.0.0.5}]\n", "c.yaml")
