@@ -86,9 +86,7 @@ def _explain(key: str, hist: list[Op], culprit: Op, explored: int) -> KeyResult:
     return KeyResult(key, INVALID, len(hist), explored, culprit, kind, window)
 
 
-def check_key(
-    key: str, ops: list[Op], deadline: float, max_memo: int = DEFAULT_MAX_MEMO
-) -> KeyResult:  # fmt: skip
+def check_key(key: str, ops: list[Op], deadline: float, max_memo: int = DEFAULT_MAX_MEMO) -> KeyResult:
     """One key, in this process, until the monotonic deadline."""
     hist = relevant(ops)
     t0 = time.monotonic()

@@ -151,7 +151,7 @@ async def cmd_check(ctx: Ctx, a: argparse.Namespace) -> int:
         keys = {o.key for o in rec.ops if o.key.startswith("u/")}
         final_values = {k: rec.final.kvs[k][0] if k in rec.final.kvs else None for k in keys}
     d = await asyncio.to_thread(
-        exp.check_recorded, rec.ops, rec.final, final_values, rec.watch, rec.kind, True, a.budget
+        exp.check_recorded, rec.ops, rec.final, final_values, rec.watch, rec.kind, bool(rec.watch), a.budget
     )
     res = d.pop("_result", None)
     anomalies = d.pop("_anomalies", None)

@@ -112,6 +112,12 @@ def load(ref: str) -> dict[str, Any]:
     for c in d.get("checks") or []:
         if c not in CHECKS:
             raise ExperimentError(f"{p}: checks: unknown check {c!r}; known: {', '.join(CHECKS)}")
+    if "watch" in (d.get("checks") or []):  # the watch check needs the streams: open them
+        if not d["workload"].get("clients"):
+            raise ExperimentError(f"{p}: checks: watch needs a workload (workload: {{clients: N}})")
+        if d["workload"].get("watch") is False:
+            raise ExperimentError(f"{p}: checks: watch, but workload.watch is false")
+        d["workload"]["watch"] = True
     d.setdefault("name", p.stem)
     return d
 
@@ -190,7 +196,7 @@ class Runner:
                         t0=self.t0,
                         tls=c.tls,
                         kind=str(wl_cfg.get("kind", REGISTER)),
-                        watch=bool(wl_cfg.get("watch", False)),
+                        watch=bool(wl_cfg.get("watch", False)) or "watch" in (self.spec.get("checks") or []),
                         guard=bool(wl_cfg.get("guard", True)),
                     )
                     await wl.start_watches()
@@ -244,12 +250,10 @@ class Runner:
         merged: dict[str, Any] = {"verdict": VALID, "per_size": []}
         for size, wl, final in histories:
             multi = len(self.sizes) > 1
-            d = check_recorded(
-                wl.history, wl.final_kvs, final, wl.watch_log, wl.kind, wl.watch or "watch" in checks, budget_s=60.0
-            )
+            d = check_recorded(wl.history, wl.final_kvs, final, wl.watch_log, wl.kind, wl.watch, budget_s=60.0)
             d["size"] = size
-            if final is None:
-                d["verdict"] = UNKNOWN
+            if final is None:  # nothing to check lost writes against: at best unknown, INVALID stays
+                d["verdict"] = combine([d["verdict"], UNKNOWN])
                 d["note"] = "the cluster never answered the final read"
             d["pictures"] = [str(p) for p in draw(d, wl.history, out / (f"anomalies-{size}" if multi else "anomalies"))]
             merged["per_size"].append(d)
@@ -352,6 +356,16 @@ def check_recorded(
         w = check_watches(watch, ops, final_kvs, prefix="a/" if kind == APPEND else "hot/")
         d["watch"] = w.to_dict()
         verdicts.append(w.verdict)
+    elif watches:  # asked for, yet no stream recorded anything: not checked is not valid
+        d["watch"] = {
+            "checker": "watch",
+            "verdict": UNKNOWN,
+            "streams": 0,
+            "events": 0,
+            "violations": {},
+            "explanations": ["no watch stream recorded anything"],
+        }
+        verdicts.append(UNKNOWN)
     d["verdict"] = combine(verdicts)
     return d
 

@@ -95,7 +95,7 @@ class WatchRecord:
     """One thing a watch stream saw: a (re)start from a revision, an event, or the error that ended it."""
 
     stream: int
-    what: str  # start | event | error
+    what: str  # start | event | error | compacted (its start revision was; revision = the compact revision)
     t: float = 0.0
     node: str = ""
     start_revision: int = 0  # start: the revision asked for
@@ -119,6 +119,7 @@ class FinalRead:
 
     revision: int
     kvs: dict[str, tuple[str, int]] = field(default_factory=dict)
+    compact_revision: int = 0  # the cluster's, probed with the final read (watches: older values may be gone)
 
 
 @dataclass
@@ -139,7 +140,8 @@ def save(ops: list[Op], path: Path, watch: list[WatchRecord] | None = None, fina
         for w in watch or []:
             f.write(json.dumps({"watch": asdict(w)}, separators=(",", ":")) + "\n")
         if final is not None:
-            f.write(json.dumps({"final": {"revision": final.revision, "kvs": final.kvs}}) + "\n")
+            fin = {"revision": final.revision, "kvs": final.kvs, "compact_revision": final.compact_revision}
+            f.write(json.dumps({"final": fin}) + "\n")
 
 
 def load_all(path: Path) -> Recorded:
@@ -159,7 +161,7 @@ def load_all(path: Path) -> Recorded:
                 elif "final" in d:
                     fin = d["final"]
                     kvs = {str(k): (str(v[0]), int(v[1])) for k, v in fin["kvs"].items()}
-                    rec.final = FinalRead(int(fin["revision"]), kvs)
+                    rec.final = FinalRead(int(fin["revision"]), kvs, int(fin.get("compact_revision", 0)))
                 else:
                     rec.ops.append(Op.from_dict(d))
             except (ValueError, TypeError, KeyError, IndexError) as e:

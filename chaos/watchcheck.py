@@ -11,11 +11,14 @@ and the final read's (mod_revision, key, value). Then for each stream, in delive
   last revision it delivered never came;
 * ``bad resume``: a restart did not ask for last seen + 1, or what came first after it repeated
   or skipped changes (a duplicate or gap at the restart);
-* ``wrong prev_kv``: an event's previous value is not the key's value at its previous revision;
+* ``wrong prev_kv``: an event's previous value is not the key's value at its previous revision
+  (a missing one is excused when that revision is at or below a compact revision seen: the final
+  read's probe, or a stream told its start was compacted);
 * ``divergent``: two sources give one (revision, key) different values.
 
 Only changes to the watched keys count (the workload's prefix), and a stream is held only to the
-range it covered, so a stream cut off by a partition is not blamed for what came later.
+range it covered, so a stream cut off by a partition is not blamed for what came later, nor one
+told its start was compacted (it resumes at the compact revision) for what compaction took.
 """
 
 from __future__ import annotations
@@ -132,8 +135,9 @@ def check_watches(
     streams: dict[int, list[WatchRecord]] = {}
     for r in watch:
         streams.setdefault(r.stream, []).append(r)
+    compacted = max([final.compact_revision if final else 0, *(r.revision for r in watch if r.what == "compacted")])
     for sid, recs in streams.items():
-        violations += _stream(sid, recs, ref, per_key, by_rev)
+        violations += _stream(sid, recs, ref, per_key, by_rev, compacted)
     events = sum(1 for r in watch if r.what == "event")
     verdict = INVALID if violations else VALID
     return WatchResult(verdict, len(streams), events, time.monotonic() - t0, violations)
@@ -145,6 +149,7 @@ def _stream(
     ref: dict[tuple[int, str], Any],
     per_key: dict[str, list[int]],
     by_rev: list[tuple[int, str]],
+    compacted: int,
 ) -> list[Violation]:
     out: list[Violation] = []
     seen: set[tuple[int, str]] = set()
@@ -153,14 +158,22 @@ def _stream(
     lo = 0
     segment = -1
     restarts: list[tuple[int, int]] = []  # (asked from, first revision delivered after) per restart
+    holes: list[tuple[int, int]] = []  # revisions compacted before the stream could get them
+    lost_to = 0  # the compact revision the last attempt was told of
     after_restart = False
     for r in recs:
+        if r.what == "compacted":
+            lost_to = r.revision
+            continue
         if r.what == "start":
             segment += 1
             if segment == 0:
                 lo = r.start_revision
             else:
                 want = last + 1 if last else lo
+                if lost_to > want:  # its next revision is gone: resuming at the compact revision is right
+                    holes.append((want, lost_to - 1))
+                    want, lost_to = lost_to, 0
                 if r.start_revision != want:
                     text = f"restarted from revision {r.start_revision}, not last seen + 1 = {want}"
                     out.append(Violation("bad resume", sid, text, [r]))
@@ -192,16 +205,17 @@ def _stream(
         i = bisect.bisect_left(revs, r.revision)
         if i > 0:
             prev = ref[(revs[i - 1], r.key)]
-            if prev is not _SOME and r.prev_value != prev:
+            gone = r.prev_value is None and revs[i - 1] <= compacted  # it may have been compacted away
+            if prev is not _SOME and r.prev_value != prev and not gone:
                 text = f"{r.key} at revision {r.revision}: prev_kv {r.prev_value!r}, but it was {prev!r}"
                 out.append(Violation("wrong prev_kv", sid, text, [r]))
-        elif r.prev_value is not None and lo <= 1:
+        elif r.prev_value is not None and lo <= 1 and not compacted:  # else older revisions may be gone
             out.append(Violation("wrong prev_kv", sid, f"{r.key} was created at {r.revision} yet has a prev_kv", [r]))
     if last:
         a = bisect.bisect_left(by_rev, (lo, ""))
         b = bisect.bisect_right(by_rev, (last, "\U0010ffff"))
         for rk in by_rev[a:b]:
-            if rk in seen:
+            if rk in seen or any(a <= rk[0] <= b for a, b in holes):
                 continue
             at_restart = any(s <= rk[0] <= first for s, first in restarts)
             text = f"{rk[1]} changed at revision {rk[0]} (stream covered {lo}..{last}) and was never delivered"

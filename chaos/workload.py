@@ -5,8 +5,8 @@
   reads every key it touches in one read-only Txn (one revision), then commits its appends in ONE
   Txn guarded by ``mod_revision`` compares on all those keys: if any changed, nothing is written
   and it retries. Committed, it is serializable at its commit revision; appended values are unique.
-* ``watch``: one watch stream per node on the workload's keys (prev_kv on), restarted after an
-  error from the last revision seen + 1; every event recorded (checked by chaos.watchcheck).
+* ``watch``: one watch stream per node on the workload's keys (chaos.watcher; checked by
+  chaos.watchcheck).
 
 Each client is pinned to one node (so a partition affects the clients on its
 side), issues one operation at a time, and records invoke and completion.
@@ -23,12 +23,11 @@ import random
 import time
 from dataclasses import dataclass, field
 
-import grpc
-
-from node.client import CHANNEL_OPTIONS, Client, ClientError, ClientTLS, Reason, prefix_end
-from node.pb import rpc_pb2, rpc_pb2_grpc
+from node.client import Client, ClientError, ClientTLS, Reason
+from node.pb import rpc_pb2
 
 from .history import APPEND, FAIL, INFO, OK, REGISTER, FinalRead, MicroOp, Op, WatchRecord, parse_list
+from .watcher import Watcher, compact_revision
 
 # refused before proposing: nothing was applied. (STOPPED and LEADER_CHANGED are NOT here: a
 # stopping node fails proposals that may already be committed; nor is any timeout, nor a text
@@ -93,7 +92,6 @@ class Workload:
         self._rng = random.Random(self.seed)
         self._unique = itertools.count()
         self._values = itertools.count(1)  # append: every appended value is unique in the run
-        self._streams = itertools.count()
 
     @property
     def prefix(self) -> str:
@@ -115,9 +113,8 @@ class Workload:
                     break
                 except ClientError:
                     await asyncio.sleep(0.25)
-        loop = asyncio.get_running_loop()
-        for node in sorted(self.endpoints):
-            self._tasks.append(loop.create_task(self._watcher(next(self._streams), node, rev + 1)))
+        w = Watcher(self.endpoints, self.prefix, self.watch_log, self.tls, self.t0, self._stop)
+        self._tasks += w.start(rev + 1)
 
     def start(self) -> None:
         names = sorted(self.endpoints)
@@ -262,72 +259,6 @@ class Workload:
             op.revision = w.header.revision
         return bool(w.succeeded)
 
-    # -- watches ----------------------------------------------------------------------------------
-    async def _watcher(self, sid: int, node: str, start: int) -> None:
-        """Watch the workload's keys on one node until stopped; after an error resume at last seen + 1."""
-        creds = self.tls.credentials() if self.tls is not None else None
-        ep = self.endpoints[node]
-        nxt = [start]  # the next revision wanted: advanced by every event, kept across errors
-        while not self._stop.is_set():
-            self.watch_log.append(WatchRecord(sid, "start", self.now(), node, start_revision=nxt[0]))
-            ch = (
-                grpc.aio.insecure_channel(ep, options=CHANNEL_OPTIONS)
-                if creds is None
-                else grpc.aio.secure_channel(ep, creds, options=CHANNEL_OPTIONS)
-            )
-            try:
-                await self._stream(sid, node, ch, nxt)
-            except (TimeoutError, grpc.aio.AioRpcError, ClientError) as e:
-                self.watch_log.append(WatchRecord(sid, "error", self.now(), node, error=str(e)[:200]))
-            finally:
-                await ch.close()
-            if not self._stop.is_set():
-                try:
-                    await asyncio.wait_for(self._stop.wait(), 0.2)
-                except TimeoutError:
-                    pass
-
-    async def _stream(self, sid: int, node: str, ch: grpc.aio.Channel, nxt: list[int]) -> None:
-        key = self.prefix.encode()
-        create = rpc_pb2.WatchCreateRequest(key=key, range_end=prefix_end(key), start_revision=nxt[0], prev_kv=True)
-        call = rpc_pb2_grpc.WatchStub(ch).Watch()
-        stop = asyncio.ensure_future(self._stop.wait())
-        batches = itertools.count()
-        try:
-            await call.write(rpc_pb2.WatchRequest(create_request=create))
-            while True:
-                read = asyncio.ensure_future(call.read())
-                await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():
-                    read.cancel()
-                    return
-                resp = read.result()
-                if resp is grpc.aio.EOF:
-                    raise ClientError(None, "watch stream ended", node)
-                if resp.canceled:
-                    raise ClientError(grpc.StatusCode.CANCELLED, resp.cancel_reason or "watch canceled", node)
-                b = next(batches)
-                for ev in resp.events:
-                    put = ev.type == ev.PUT
-                    self.watch_log.append(
-                        WatchRecord(
-                            sid,
-                            "event",
-                            self.now(),
-                            node,
-                            batch=b,
-                            key=ev.kv.key.decode(),
-                            type="put" if put else "delete",
-                            value=ev.kv.value.decode() if put else None,
-                            revision=ev.kv.mod_revision,
-                            prev_value=ev.prev_kv.value.decode() if ev.HasField("prev_kv") else None,
-                        )
-                    )
-                    nxt[0] = max(nxt[0], ev.kv.mod_revision + 1)
-        finally:
-            stop.cancel()
-            call.cancel()
-
     async def final_read(self, endpoints: list[str], attempts: int = 20) -> dict[str, str | None] | None:
         """Read every key after healing (kept in final_kvs); the unique keys' values, None if no answer."""
         keys = {op.key for op in self.history if op.key.startswith("u/")}
@@ -337,7 +268,9 @@ class Workload:
                     r = await cl.get("", prefix=True)
                     got = {kv.key.decode(): kv.value.decode() for kv in r.kvs}
                     self.final_kvs = FinalRead(
-                        r.header.revision, {kv.key.decode(): (kv.value.decode(), kv.mod_revision) for kv in r.kvs}
+                        r.header.revision,
+                        {kv.key.decode(): (kv.value.decode(), kv.mod_revision) for kv in r.kvs},
+                        (await compact_revision(endpoints, self.tls) or 0) if self.watch else 0,
                     )
                     return {k: got.get(k) for k in keys}
                 except ClientError:

@@ -8,12 +8,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chaos import experiment as exp
-from chaos.history import load
+from chaos.history import APPEND, Op, load
 from chaos.net import netdevs, netns_available, remove_netdevs
+from chaos.workload import Workload
 from orchestrator.ports import port_block
 from tests.procs import REPO
 
@@ -210,6 +212,37 @@ def test_chaos_cli_partition_heal_and_check(tmp_path: Path) -> None:
     txn.write_text("\n".join([*lines[:4], lines[3], lines[4]]) + "\n")  # the event delivered twice
     r = _orch(root, "check", str(txn), "-w", "json")
     assert r.returncode == 1 and json.loads(r.stdout)["watch"]["violations"] == {"duplicate": 1}, r.stdout
+
+
+def test_a_watch_check_opens_the_watches(tmp_path: Path) -> None:
+    f = tmp_path / "e.yaml"
+    f.write_text("workload: {kind: append, clients: 2}\nchecks: [strict-serializable, watch]\n")
+    assert exp.load(str(f))["workload"]["watch"] is True
+    f.write_text("workload: {kind: append, clients: 2, watch: false}\nchecks: [watch]\n")
+    with pytest.raises(exp.ExperimentError, match=r"checks: watch, but workload\.watch is false"):
+        exp.load(str(f))
+    f.write_text("checks: [watch]\n")
+    with pytest.raises(exp.ExperimentError, match="checks: watch needs a workload"):
+        exp.load(str(f))
+
+
+def test_a_watch_check_without_records_is_not_valid() -> None:
+    d = exp.check_recorded([], None, None, [], APPEND, True, budget_s=5)
+    assert d["verdict"] == "unknown" and d["watch"]["verdict"] == "unknown"
+
+
+def test_a_failed_final_read_does_not_hide_an_invalid_history(tmp_path: Path) -> None:
+    spec = {"name": "x", "checks": ["strict-serializable"], "workload": {"kind": APPEND, "clients": 1}}
+    runner = exp.Runner(spec, tmp_path / "state", tmp_path / "reports")
+    wl = Workload({}, kind=APPEND)
+    g1c: list[list[list[Any]]] = [[["append", "a/0", 1], ["r", "a/1", [2]]], [["append", "a/1", 2], ["r", "a/0", [1]]]]
+    wl.history = [Op(i, i, "txn", "", outcome="ok", invoke=0, complete=1, mops=m) for i, m in enumerate(g1c)]
+    runner._check([(3, wl, None)], tmp_path)  # None: the cluster never answered the final read
+    assert runner.result.check["verdict"] == "invalid", runner.result.check
+    wl.history = wl.history[:1]
+    wl.history[0].mops = [["append", "a/0", 1]]
+    runner._check([(3, wl, None)], tmp_path)
+    assert runner.result.check["verdict"] == "unknown", runner.result.check
 
 
 def test_experiment_file_errors(tmp_path: Path) -> None:

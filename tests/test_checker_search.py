@@ -111,7 +111,7 @@ def _stale(h: list[Op]) -> Op | None:
 )
 def test_a_sequential_model_is_valid_and_one_stale_read_is_not(
     n: int, clients: int, keys: int, seed: int, cas: float
-) -> None:  # fmt: skip
+) -> None:
     h = generate(n, clients, keys, seed, cas=cas)
     assert check(h, budget_s=20, workers=1).verdict == VALID
     bad = _stale(h)

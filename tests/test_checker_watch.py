@@ -72,3 +72,25 @@ def test_wrong_prev_kv() -> None:
 
 def test_divergent_values() -> None:
     assert "divergent" in violations([start(1), E2, ev("a/0", 3, "1,9", "1", 1), E3B])
+
+
+def test_a_missing_prev_kv_is_wrong_only_above_the_compact_revision() -> None:
+    no_prev = ev("a/0", 3, "1,2", None, 1)  # a/0's previous revision is 2
+    log = [start(1), E2, no_prev, E3B]
+    assert violations(log) == {"wrong prev_kv"}
+    compacted_at = {1: {"wrong prev_kv"}, 2: set(), 3: set()}
+    for rev, want in compacted_at.items():
+        fin = FinalRead(FINAL.revision, FINAL.kvs, compact_revision=rev)
+        assert set(check_watches(log, OPS, fin, prefix="a/").counts()) == want, rev
+    # a prev_kv that is there but wrong is wrong whatever was compacted
+    fin = FinalRead(FINAL.revision, FINAL.kvs, compact_revision=3)
+    assert set(check_watches([start(1), E2, ev("a/0", 3, "1,2", "7", 1), E3B], OPS, fin, prefix="a/").counts()) == {
+        "wrong prev_kv"
+    }
+
+
+def test_a_stream_told_its_start_was_compacted_resumes_at_the_compact_revision() -> None:
+    gone = WatchRecord(0, "compacted", revision=3)
+    # revision 2 is gone for it: no gap; and a/0 at 3 may then come without its prev_kv
+    assert violations([start(1), gone, start(3), ev("a/0", 3, "1,2", None, 0), ev("a/1", 3, "3", None, 0)]) == set()
+    assert violations([start(1), gone, start(4)]) == {"bad resume"}

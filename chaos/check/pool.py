@@ -81,8 +81,8 @@ def run_pool(
         task_q.put(t)
     for _ in range(n):
         task_q.put(None)
-    procs = [ctx.Process(target=_worker, args=(task_q, res_q, deadline, key_budget_s, max_memo), daemon=True)
-             for _ in range(n)]  # fmt: skip
+    args = (task_q, res_q, deadline, key_budget_s, max_memo)
+    procs = [ctx.Process(target=_worker, args=args, daemon=True) for _ in range(n)]
     pending = {k for k, _ in tasks}
     try:
         for p in procs:

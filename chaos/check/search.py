@@ -48,19 +48,32 @@ class _Frame:
         self.next, self.chosen = 0, -1
 
 
-def make_row(kind: str, value: str | None, expect: str | None, succeeded: bool | None, ok: bool,
-             invoke: float, complete: float | None) -> Row:  # fmt: skip
+def make_row(
+    kind: str,
+    value: str | None,
+    expect: str | None,
+    succeeded: bool | None,
+    ok: bool,
+    invoke: float,
+    complete: float | None,
+) -> Row:
     code = {"put": PUT, "get": GET, "cas": CAS}[kind]
     ret = complete if (ok and complete is not None) else math.inf
     return (code, value, expect, bool(succeeded), ok, invoke, ret)
 
 
+def _may_write(row: Row) -> bool:
+    """A put, or a cas that succeeded or may have (unknown outcome): it may set the register to its value."""
+    kind, _v, _e, succeeded, ok, _i, _r = row
+    return kind == PUT or (kind == CAS and (succeeded or not ok))
+
+
 def _precheck(rows: list[Row]) -> int:
     """A read of a value never written, or only written after the read ended: -1 if none."""
     first_write: dict[str | None, float] = {}
-    for kind, value, _e, succ, ok, inv, _r in rows:
-        if kind == PUT or (kind == CAS and (succ or not ok)):
-            first_write[value] = min(first_write.get(value, math.inf), inv)
+    for row in rows:
+        if _may_write(row):
+            first_write[row[1]] = min(first_write.get(row[1], math.inf), row[5])
     for i, (kind, value, expect, succ, ok, _inv, ret) in enumerate(rows):
         if not ok:
             continue
@@ -325,8 +338,7 @@ def _blame(rows: list[Row], first: int, prefix: list[int], state: object) -> int
     op due first is only a victim: the latest of those owed reads is the likely culprit (a stale read)."""
     placed = set(prefix)
     pending = [i for i in range(len(rows)) if i not in placed]
-    if any(rows[i][1] == state and (rows[i][0] == PUT or (rows[i][0] == CAS and (rows[i][3] or not rows[i][4])))
-           for i in pending):  # fmt: skip
+    if any(rows[i][1] == state and _may_write(rows[i]) for i in pending):
         return first
     owed = [
         i
