@@ -11,14 +11,17 @@ import sys
 from pathlib import Path
 
 from node.api.admin_service import allow_admin_certificate
+from node.api.context import VERSION
 from node.api.server import ApiServer, PortInUse, ServerTLS
 from node.kv import KVStateMachine
+from node.kv.auth import TOKEN_TTL_ENV
 from node.kv.retention import MODES, Retention, RetentionError, parse_retention
+from node.metrics import MetricsServer, NodeMetrics, health
 from node.secret import SecretError, load_secret
 from node.server.members import parse_initial_cluster
 from node.server.peer_tls import PeerTLS, PeerTLSError
 from node.server.raftnode import ConfigError, NodeConfig, RaftNode
-from node.server.transport import use_peer_tls
+from node.server.transport import parse_hostport
 from node.storage.disk import StorageError
 from node.storage.snapshot import SnapshotCorruption
 from node.storage.wal import WalCorruption
@@ -96,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="ours: Admin calls are also accepted from a client certificate with this common name (signed by "
         "--trusted-ca-file; needs --client-cert-auth), instead of the token",
     )
+    p.add_argument(
+        "--listen-metrics-urls",
+        dest="listen_metrics",
+        default="",
+        help="etcd's: one http://HOST:PORT serving /metrics (Prometheus), /health and /version; empty = none",
+    )
+    p.add_argument(
+        "--auth-token-ttl",
+        type=int,
+        default=None,
+        help=f"etcd's: seconds a simple auth token lives unused (default 300, or ${TOKEN_TTL_ENV})",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -112,11 +127,13 @@ def check_flags(args: argparse.Namespace) -> str | None:
         args.quota = int(args.quota_backend_bytes)
     except ValueError:
         return f"--quota-backend-bytes must be a whole number of bytes, not {args.quota_backend_bytes!r}"
-    bad = _check_tls(args) or _check_peer_tls(args)
+    bad = _check_tls(args) or _check_peer_tls(args) or _check_metrics(args)
     if bad is not None:
         return bad
     if args.admin_cert_cn is not None and not (args.tls is not None and args.tls.client_cert_auth):
         return "--admin-cert-cn needs a TLS client port with --client-cert-auth (only verified certificates count)"
+    if args.auth_token_ttl is not None and args.auth_token_ttl <= 0:
+        return f"--auth-token-ttl must be a positive number of seconds, not {args.auth_token_ttl}"
     args.peer_secret = None
     if args.peer_auth_file is not None:
         try:
@@ -197,6 +214,29 @@ def _check_peer_tls(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _check_metrics(args: argparse.Namespace) -> str | None:
+    """--listen-metrics-urls into args.metrics_addr ((host, port) or None): one plain-HTTP URL.
+
+    etcd takes a list and https; ours serves one plain-HTTP listener (Prometheus on the same host or
+    network), so anything else is refused with one line rather than half-honoured."""
+    args.metrics_addr = None
+    raw = args.listen_metrics.strip()
+    if not raw:
+        return None
+    if "," in raw:
+        return f"--listen-metrics-urls: one URL only, got {raw!r}"
+    scheme = raw.split("://", 1)[0].lower() if "://" in raw else "http"
+    if scheme == "https":
+        return f"--listen-metrics-urls: https is not supported for the metrics listener ({raw}); use http://"
+    if scheme != "http":
+        return f"--listen-metrics-urls: unsupported scheme {scheme!r} in {raw!r} (http)"
+    try:
+        args.metrics_addr = parse_hostport(raw)
+    except ValueError as e:
+        return f"--listen-metrics-urls: {e}"
+    return None
+
+
 def _hostport(url: str) -> tuple[str, str]:
     host, _, port = url.split("://", 1)[-1].rstrip("/").rpartition(":")
     return host, port
@@ -232,17 +272,20 @@ async def serve(args: argparse.Namespace) -> int:
         enable_fault_injection=args.enable_fault_injection,
         peer_secret=args.peer_secret,
         fast_failover=args.fast_failover,
+        peer_tls=args.peer_tls,
     )
-    use_peer_tls(args.peer_tls)
     if args.admin_cert_cn is not None:
         allow_admin_certificate(args.admin_cert_cn)
-    sm = KVStateMachine()
+    sm = KVStateMachine(auth_token_ttl=args.auth_token_ttl)
     node = RaftNode(cfg, sm)
     compaction: Retention = args.compaction
     api = ApiServer(node, sm, args.initial_cluster_token, quota_backend_bytes=args.quota, compaction=compaction)
+    metrics: MetricsServer | None = None
     try:
         await node.start()
         await api.start(args.listen_client, args.tls)
+        if args.metrics_addr is not None:
+            metrics = await start_metrics(node, sm, api, args.metrics_addr)
     except (WalCorruption, SnapshotCorruption, StorageError, ConfigError, PortInUse) as e:
         log.error("cannot start: %s", e)
         await node.stop(transfer=False)
@@ -264,10 +307,34 @@ async def serve(args: argparse.Namespace) -> int:
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("%s shutting down", args.name)
     await node.stop(transfer=True)
+    if metrics is not None:
+        await metrics.stop()
     await api.stop()
     for t in (waiter, stopper):
         t.cancel()
     return 0
+
+
+def version_json() -> dict[str, str]:
+    """/version as etcd 3.4 answers it: the server's version and the cluster's (major.minor.0)."""
+    major, minor = VERSION.split(".")[:2]
+    return {"etcdserver": VERSION, "etcdcluster": f"{major}.{minor}.0"}
+
+
+async def start_metrics(node: RaftNode, sm: KVStateMachine, api: ApiServer, addr: tuple[str, int]) -> MetricsServer:
+    """Serve /metrics, /health, /version on addr (after the client port, so /health never answers for a
+    member that cannot serve); raises PortInUse with one line when the address is taken."""
+    collector = NodeMetrics(node, sm, VERSION, lambda: api.ctx.space.quota)
+    server = MetricsServer(collector, lambda: health.check(node, sm), version_json())
+    host, port = addr
+    try:
+        bound = await server.start(host, port)
+    except OSError as e:
+        why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise PortInUse(f"cannot listen for metrics on {host}:{port}: {why}") from None
+    node.cfg.metrics_url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+    log.info("%s serving /metrics, /health and /version on %s", node.cfg.name, node.cfg.metrics_url)
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:

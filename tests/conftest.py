@@ -16,7 +16,8 @@ from tests.procs import NodeProcs
 # whose skip CI must never take. QUORUMLAB_ALLOW_SKIPS=1 keeps the skips (a root shell on a machine
 # that really lacks them).
 REQUIRED_AS_ROOT = re.compile(
-    r"etcd binary|etcd-server|etcd-client|etcdctl|netns|network namespace|iptables", re.IGNORECASE
+    r"etcd binary|etcd-server|etcd-client|etcdctl|netns|network namespace|iptables|sshd|openssh|prometheus",
+    re.IGNORECASE,
 )
 
 

@@ -33,15 +33,18 @@ class NodeProcs:
         token: str = "test",
         extra: list[str] | None = None,
         secret: bytes | None = None,
+        metrics: bool = False,
     ) -> None:
-        """secret: started with --peer-auth-file holding it (a 0600 file in base); Admin calls send it."""
+        """secret: started with --peer-auth-file holding it (a 0600 file in base); Admin calls send it.
+        metrics: each node also serves /metrics, /health and /version on a port of its own (`metrics_port`)."""
         self.base = base
         self.secret = secret
         self.secret_file = base / "peer.secret"
         self.names = [f"n{i}" for i in range(1, n + 1)]
-        ports = free_ports(2 * n)
+        ports = free_ports(3 * n if metrics else 2 * n)
         self.client = {name: ports[i] for i, name in enumerate(self.names)}
         self.peer = {name: ports[n + i] for i, name in enumerate(self.names)}
+        self.metrics_port = {name: ports[2 * n + i] for i, name in enumerate(self.names)} if metrics else {}
         self.heartbeat_ms, self.election_ms = heartbeat_ms, election_ms
         self.token = token
         self.extra = extra or []
@@ -79,6 +82,7 @@ class NodeProcs:
             str(self.election_ms),
             "--enable-fault-injection",
             *(["--peer-auth-file", str(self.secret_file)] if self.secret is not None else []),
+            *(["--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port[name]}"] if self.metrics_port else []),
             *self.extra,
         ]
 
@@ -200,6 +204,7 @@ class EtcdProcs(NodeProcs):
             "zap",
             "--log-level",
             "warn",
+            *(["--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port[name]}"] if self.metrics_port else []),
         ]
 
     async def wait_leader(

@@ -32,8 +32,10 @@ def _setup_more(eps: list[str], *steps: list[str]) -> None:
         assert out.startswith("rc=0"), (args, out)
 
 
-async def _start(node_cluster: Callable[..., NodeProcs], n: int) -> tuple[NodeProcs, str]:
-    c = node_cluster(n, heartbeat_ms=50, election_ms=500)
+async def _start(
+    node_cluster: Callable[..., NodeProcs], n: int, extra: list[str] | None = None
+) -> tuple[NodeProcs, str]:
+    c = node_cluster(n, heartbeat_ms=50, election_ms=500, extra=extra)
     c.start_all()
     return c, await c.wait_leader()
 
@@ -141,12 +143,9 @@ def test_replayed_authenticate_assigns_only_what_is_left_of_the_ttl() -> None:
     assert legacy.token == "abcdefghijklmnop.12" and fresh.auth.token_user(legacy.token) == "u"
 
 
-async def test_expired_token_stays_dead_after_kill_and_restart(
-    node_cluster: Callable[..., NodeProcs], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ttl = 4.0
-    monkeypatch.setenv("QUORUMLAB_AUTH_TOKEN_TTL", str(ttl))
-    c, leader = await _start(node_cluster, 1)
+async def test_expired_token_stays_dead_after_kill_and_restart(node_cluster: Callable[..., NodeProcs]) -> None:
+    ttl = 4
+    c, leader = await _start(node_cluster, 1, extra=["--auth-token-ttl", str(ttl)])  # etcd's flag
     await asyncio.to_thread(_setup_auth, c.endpoints())
     token = await _token(c, leader, "alice", "alicepw")
     issued = time.monotonic()
@@ -154,7 +153,7 @@ async def test_expired_token_stays_dead_after_kill_and_restart(
     await asyncio.sleep(max(0.0, issued + ttl + 1.0 - time.monotonic()))
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await _get_with(c, leader, token, b"app/k")
-    assert ei.value.details() == Reason.INVALID_AUTH_TOKEN.text, "the knob must shorten the TTL"
+    assert ei.value.details() == Reason.INVALID_AUTH_TOKEN.text, "--auth-token-ttl must shorten the TTL"
     c.kill(leader)
     c.start(leader)
     await c.wait_leader()
@@ -296,3 +295,17 @@ async def test_authenticate_gives_up_with_old_revision_when_users_keep_changing(
     ctx.propose = quiet
     assert (await svc.Authenticate(req, SimpleNamespace(abort=abort))).token == "t.1"  # type: ignore[arg-type]
     assert len(proposals) == 1  # a quiet auth state: one try
+
+
+def test_auth_token_ttl_flag_reaches_the_auth_store_and_refuses_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    from node.__main__ import build_parser, check_flags
+    from node.kv import KVStateMachine
+
+    base = ["--name", "n1", "--data-dir", "/nonexistent", "--initial-cluster", "n1=127.0.0.1:1"]
+    args = build_parser().parse_args([*base, "--auth-token-ttl", "0"])
+    assert check_flags(args) == "--auth-token-ttl must be a positive number of seconds, not 0"
+    assert KVStateMachine(auth_token_ttl=7).auth.ttl == 7
+    monkeypatch.setenv("QUORUMLAB_AUTH_TOKEN_TTL", "9")  # the environment knob still works without the flag
+    assert KVStateMachine().auth.ttl == 9.0
+    monkeypatch.delenv("QUORUMLAB_AUTH_TOKEN_TTL")
+    assert KVStateMachine().auth.ttl == 300.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import random
@@ -133,10 +134,13 @@ class RecordingStorage:
 class RecordingTransport:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
+        self.msgs_sent: dict[int, int] = {}  # as node.server.transport.Transport counts them
+        self.msgs_recv: dict[int, int] = {}
 
     def send(self, msgs: list[Message]) -> None:
         for m in msgs:
             self.journal.sent(m)
+            self.msgs_sent[m.to] = self.msgs_sent.get(m.to, 0) + 1
 
     def set_peers(self, peers: dict[int, str]) -> None:
         pass
@@ -226,6 +230,9 @@ class Driven:
         self.node._wake.set()  # the bootstrap entries are waiting in the first Ready
 
     def deliver(self, m: Message) -> None:
+        t = self.node.transport
+        assert isinstance(t, RecordingTransport)
+        t.msgs_recv[m.frm] = t.msgs_recv.get(m.frm, 0) + 1
         self.node._deliver(m)
 
     async def settle(self, timeout: float = 3.0) -> None:
@@ -684,3 +691,26 @@ async def test_node_status_reports_loop_stalls_and_stays_cheap(driven: Make) -> 
         assert (time.perf_counter() - t0) / 200 < 0.002
     finally:
         d.node.loopmon.stop()
+
+
+async def test_node_status_raft_detail_matches_the_log_and_counts_messages(driven: Make) -> None:
+    d = driven([1, 2, 3])
+    await d.settle()
+    d.node.campaign()
+    await _until(lambda: len(d.journal.sends(MsgType.VOTE)) == 2)
+    st = node_status(d.node)["raft"]
+    assert st["msgs_sent"] == {"2": 1, "3": 1} and st["msgs_recv"] == {}, "one vote request to each, by name"
+    assert st["election_timeout_ms"] == d.raft.election_timer()[1] * 100.0
+    term = d.raft.term
+    for peer in (2, 3):
+        d.deliver(Message(MsgType.VOTE_RESP, frm=peer, to=1, term=term))
+    await _until(lambda: d.node.lead == 1)
+    for i in range(80):  # more entries than the view holds
+        d.node._post(functools.partial(d.raft.propose, b"x%d" % i))
+    await d.settle()
+    st = node_status(d.node)["raft"]
+    first, terms = st["log_first"], st["log_terms"]
+    assert len(terms) == 64 and first + 63 == d.raft.log.last_index()
+    assert terms == [d.raft.log.term(i) for i in range(first, first + 64)] and terms[-1] == d.raft.term
+    assert st["msgs_recv"] == {"2": 1, "3": 1}
+    assert st["msgs_sent"]["2"] >= 2 and st["election_timeout_ms"] == 1000.0  # the leader's check-quorum period

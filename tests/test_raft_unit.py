@@ -517,3 +517,37 @@ def test_no_sync_for_a_commit_index_change_alone() -> None:
     assert not rd.entries and rd.snapshot is None
     assert [e.data for e in rd.committed_entries] == [b"x"]
     assert not rd.must_sync  # the commit index is recomputed after a crash: no fsync needed
+
+
+# -- read-only views for the dashboard -------------------------------------------
+def test_tail_terms_are_the_last_entries_terms_and_first_is_their_index() -> None:
+    net = Net(3)
+    net.elect(1)
+    for i in range(5):
+        net.nodes[1].propose(b"a%d" % i)
+    net.flush()
+    net.isolate(1)
+    net.tick(45)  # 2 or 3 wins a new term, then entries in it
+    new = net.leader()
+    assert new is not None and new.id != 1
+    for i in range(100):
+        new.propose(b"b%d" % i)
+    net.flush()
+    for r in (net.nodes[2], net.nodes[3]):
+        first, terms = r.tail_terms(64)
+        assert len(terms) == 64 and first + 63 == r.log.last_index()
+        assert terms == [r.log.term(i) for i in range(first, first + 64)], "each term is its entry's"
+    first, terms = new.tail_terms(200)  # more than held: the whole in-memory log
+    assert first == new.first_index() and terms[0] < terms[-1]
+    empty = Raft(Config(9, election_tick=10), random.Random(1))
+    assert empty.tail_terms(64) == (1, [])
+
+
+def test_election_timer_is_the_randomized_timeout_and_a_leaders_check_quorum_period() -> None:
+    net = Net(3)
+    net.elect(1)
+    f = net.nodes[2]
+    net.tick(3, only=2)
+    assert f.election_timer() == (3, f.randomized_timeout) and 10 <= f.randomized_timeout < 20
+    lead = net.nodes[1]
+    assert lead.election_timer()[1] == 10

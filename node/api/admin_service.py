@@ -59,6 +59,31 @@ def _rules_pb(rules: list[Rule]) -> admin_pb2.FaultRules:
     )
 
 
+LOG_TAIL = 64  # entries whose terms the dashboard's log view draws
+
+
+def raft_detail(node: RaftNode) -> dict[str, Any]:
+    """The log tail, the election timer and per-peer message counts (orchestrator/views.py RaftDetail).
+
+    O(LOG_TAIL + peers): the dashboard asks every member twice a second."""
+    r = node.raft
+    t = node.transport
+    if r is None or t is None:
+        return {}
+    name_of = node.membership.name_of
+    hb = float(node.cfg.heartbeat_ms)
+    first, terms = r.tail_terms(LOG_TAIL)
+    elapsed, due = r.election_timer()
+    return {
+        "log_first": first,
+        "log_terms": terms,
+        "election_elapsed_ms": elapsed * hb,
+        "election_timeout_ms": due * hb,
+        "msgs_sent": {name_of(p): n for p, n in t.msgs_sent.items()},
+        "msgs_recv": {name_of(p): n for p, n in t.msgs_recv.items()},
+    }
+
+
 def node_status(node: RaftNode) -> dict[str, Any]:
     """The member's status as the orchestrator, chaos and the dashboard read it (Admin.Status).
 
@@ -103,6 +128,8 @@ def node_status(node: RaftNode) -> dict[str, Any]:
         "pid": os.getpid(),
         "uptime_s": round(node.uptime_s(), 3),
         "disk_full": node.disk_full,
+        "metrics_url": node.cfg.metrics_url,
+        "raft": raft_detail(node),
         **node.loopmon.stats(),
     }
 

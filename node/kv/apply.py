@@ -159,11 +159,12 @@ def encode_auth(method: str, msg: Any, ai: AuthInfo | None, extra: str = "") -> 
 class KVStateMachine:
     """node.server's StateMachine: decode an entry, apply it, return the etcd response."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth_token_ttl: float | None = None) -> None:
+        """auth_token_ttl: etcd's --auth-token-ttl in seconds (None: $QUORUMLAB_AUTH_TOKEN_TTL, else 300)."""
         self.store = MVCCStore()
         self.leases: dict[int, LeaseState] = {}
         self.alarms: dict[tuple[int, int], None] = {}
-        self.auth = AuthStore()
+        self.auth = AuthStore(ttl=auth_token_ttl)
         self._ai: AuthInfo | None = None  # the sender of the entry being applied (auth enabled only)
         self.consistent_index = 0
         self.on_lease_granted: list[Any] = []

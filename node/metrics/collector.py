@@ -118,6 +118,7 @@ class NodeMetrics:
     """One registry per node (never the process-global one: tests run several nodes' code in one process)."""
 
     def __init__(self, node: RaftNode, sm: KVStateMachine, version: str, quota: Callable[[], int]) -> None:
+        self.node = node
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_NodeCollector(node, sm, version, quota))
         self.wal_fsync = Histogram(
@@ -160,4 +161,9 @@ class NodeMetrics:
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
 
+        # every peer gets its (possibly empty) RTT series, as etcd's prober gives every member one:
+        # only a leader times heartbeats here, and a follower's scrape should still name its peers
+        for pid in self.node.members:
+            if pid != self.node.member_id:
+                self.peer_rtt.labels(f"{pid:x}")
         return generate_latest(self.registry)

@@ -259,6 +259,20 @@ class Raft:
         """The first entry still held in memory (the ones before it were compacted)."""
         return self.log.first_index()
 
+    def tail_terms(self, n: int) -> tuple[int, list[int]]:
+        """(index of the first, terms) of the last `n` entries held, oldest first: for log views.
+
+        O(n): only the tail is copied, however long the log."""
+        ents = self.log.entries[-n:] if n > 0 else []
+        return self.log.last_index() - len(ents) + 1, [e.term for e in ents]
+
+    def election_timer(self) -> tuple[int, int]:
+        """(ticks elapsed, ticks due) of the running timer: a follower's or candidate's randomized
+        election timeout; a leader's check-quorum period (it steps down when that passes unheard)."""
+        if self.role == Role.LEADER:
+            return self.election_elapsed, self.cfg.election_tick
+        return self.election_elapsed, self.randomized_timeout
+
     def has_ready(self) -> bool:
         return bool(
             self.msgs

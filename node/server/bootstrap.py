@@ -43,7 +43,7 @@ async def discover_cluster_id(cfg: NodeConfig, timeout: float = 10.0) -> int:
     while time.monotonic() < deadline:
         for u in others:
             try:
-                cid, members = await discover(u, cfg.peer_url(), secret=cfg.peer_secret)
+                cid, members = await discover(u, cfg.peer_url(), secret=cfg.peer_secret, tls=cfg.peer_tls)
             except Exception as e:  # noqa: BLE001 - report the last reason below
                 last = f"{u}: {e}"
                 continue

@@ -14,6 +14,7 @@ from node.raft import Ready, Snapshot
 from node.storage import Meta
 
 from .members import normalize_url
+from .peer_tls import PeerTLS
 
 
 class ConfigError(Exception):
@@ -62,6 +63,9 @@ class NodeConfig:
     enable_fault_injection: bool = False
     # the cluster secret (--peer-auth-file): peers and Admin callers must prove they know it; None = open
     peer_secret: bytes | None = None
+    # peer TLS (--peer-cert-file ...): the https:// listener and the dialer of https:// peers; None = plaintext
+    peer_tls: PeerTLS | None = None
+    metrics_url: str = ""  # where /metrics is served once listening (--listen-metrics-urls); "" = nowhere
     snapshot_limit: int = 4 << 30  # an incoming snapshot bigger than this closes its connection
     request_timeout: float = 5.0
     pre_vote: bool = True

@@ -270,6 +270,7 @@ class RaftNode:
             spool_dir=cfg.data_dir,
             snapshot_limit=cfg.snapshot_limit,
             spool_margin=cfg.reserve_bytes + cfg.disk_free_margin,
+            tls=cfg.peer_tls,
         )
         await self.transport.listen(cfg.listen_peer)
         self._sync_peers()
@@ -489,6 +490,9 @@ class RaftNode:
         except DiskFull as e:
             await self._hit_disk_full(storage, "persisting the log", e, "and retrying")
             await asyncio.to_thread(self._persist_locked, storage, rd)  # a second failure escapes: fatal
+            if rd.must_sync or rd.snapshot is not None:
+                for cb in self.on_fsync:
+                    cb(self._persist_s)
 
     async def _persist_once(self, storage: NodeStorage, rd: Ready) -> None:
         if rd.must_sync or rd.snapshot is not None:

@@ -82,16 +82,6 @@ SNAPSHOT_LIMIT = 4 << 30
 MAC_BYTES = 32
 TLS_DIAL_TIMEOUT = 3.0  # connect and TLS handshake to an https:// peer
 
-# The peer TLS contexts of this process (node/__main__.py sets them from the flags): a Transport or
-# discover() given none uses these.
-_process_tls: PeerTLS | None = None
-
-
-def use_peer_tls(tls: PeerTLS | None) -> None:
-    """Peer TLS for every transport and discovery of this process (None: plaintext only)."""
-    global _process_tls
-    _process_tls = tls
-
 
 class AuthError(CodecError):
     """The other side did not prove that it knows the cluster secret."""
@@ -185,7 +175,7 @@ async def discover(
     peer_url: str, my_peer_url: str, timeout: float = 2.0, secret: bytes | None = None, tls: PeerTLS | None = None
 ) -> tuple[int, list[int]]:
     """Ask a member over its peer port which cluster it belongs to and who its members are."""
-    reader, writer = await dial(peer_url, timeout, tls if tls is not None else _process_tls)
+    reader, writer = await dial(peer_url, timeout, tls)
     try:
         if secret is not None:
             await asyncio.wait_for(authenticate_to(reader, writer, secret, [F_DISCOVER, my_peer_url]), timeout)
@@ -337,12 +327,18 @@ class _Peer:
 
     async def _pump(self, writer: asyncio.StreamWriter, watch: asyncio.Task[None]) -> None:
         while True:
-            get = asyncio.ensure_future(self.queue.get())
-            done, _ = await asyncio.wait({get, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if watch in done:
-                get.cancel()
+            if watch.done():
                 raise ConnectionError("peer closed the connection")
-            batch = [get.result()]
+            if self.queue.empty():
+                # a Task and asyncio.wait per batch showed in the put-load profile: only when idle
+                get = asyncio.ensure_future(self.queue.get())
+                done, _ = await asyncio.wait({get, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if watch in done:
+                    get.cancel()
+                    raise ConnectionError("peer closed the connection")
+                batch = [get.result()]
+            else:
+                batch = [self.queue.get_nowait()]
             while not self.queue.empty() and len(batch) < BATCH_LIMIT:
                 batch.append(self.queue.get_nowait())
             plain: list[Any] = []
@@ -409,9 +405,13 @@ class Transport:
         self.peers: dict[int, _Peer] = {}
         self.server: asyncio.Server | None = None
         self.inbound: dict[int, int] = {}  # peer id -> open inbound streams
+        # Raft messages queued for / delivered from each peer since start, after fault rules (the
+        # dashboard's message rates: a partitioned link shows as zero)
+        self.msgs_sent: dict[int, int] = {}
+        self.msgs_recv: dict[int, int] = {}
         self._conns: set[asyncio.StreamWriter] = set()
         self.secret = secret  # None: no authentication, as before --peer-auth-file existed
-        self.tls = tls if tls is not None else _process_tls  # None: plaintext peer port, http:// peers only
+        self.tls = tls  # NodeConfig.peer_tls; None: plaintext peer port, http:// peers only
         self.spool_dir = spool_dir
         self.snapshot_limit = snapshot_limit
         # connections still in their hello, oldest first (a dict keeps insertion order)
@@ -521,6 +521,8 @@ class Transport:
             p.queue.put_nowait(m)
         except asyncio.QueueFull:
             self.on_unreachable(p.id, m)
+            return
+        self.msgs_sent[p.id] = self.msgs_sent.get(p.id, 0) + 1
 
     def on_unreachable(self, peer: int, m: Message) -> None:
         if m.type == MsgType.SNAP:
@@ -647,6 +649,7 @@ class Transport:
                     msgs = [m for m in msgs if self.faults.verdict(src, me) is not None]
                 for m in msgs:
                     if m.to == self.member_id:
+                        self.msgs_recv[peer] = self.msgs_recv.get(peer, 0) + 1
                         self.deliver(m)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
