@@ -29,7 +29,7 @@ async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:
         c = ctx.cluster() if ctx.cluster().dir.exists() else None
         if c is not None:
             ch = Chaos.for_cluster(c)
-            if c.engine.fault_rules or c.st.network == "netns":
+            if c.engine.fault_rules or c.st.network == "netns" or c.remote is not None:
                 try:
                     await ch.heal()
                 except (NetError, FaultError) as e:
@@ -102,6 +102,7 @@ async def cmd_experiment(ctx: Ctx, a: argparse.Namespace) -> int:
         Path(a.reports),
         engine=a.engine,
         net=a.net,
+        hosts=ctx.cfg.hosts,
         seed=a.seed,
         heartbeat_ms=a.heartbeat_ms,
         election_ms=a.election_ms,

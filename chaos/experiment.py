@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from orchestrator.cluster import Cluster
-from orchestrator.config import ClusterConfig
+from orchestrator.config import ClusterConfig, Host
 from orchestrator.ports import port_block
 
 from .checker import INVALID, UNKNOWN, VALID, check, draw_anomaly
@@ -135,8 +135,11 @@ class Runner:
         election_ms: int = 500,
         seed: int | None = None,
         progress: Any = None,
+        hosts: tuple[Host, ...] = (),
     ) -> None:
+        """hosts: cluster.yaml's hosts; remote ones put each fresh cluster there (and so turn TLS on)."""
         self.spec = spec
+        self.hosts = hosts
         self.root = root
         self.reports = reports
         cl = spec.get("cluster") or {}
@@ -174,6 +177,8 @@ class Runner:
                 heartbeat_ms=self.heartbeat_ms,
                 election_ms=self.election_ms,
             )
+            if any(h.remote for h in self.hosts):
+                base = replace(base, hosts=self.hosts, tls=True)
             cfg = base.with_nodes(size)
             c = Cluster(self.root, name)
             c.create(cfg)

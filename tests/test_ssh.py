@@ -233,19 +233,14 @@ def test_logs_over_ssh(lab: Lab, rc: tuple[Path, Cluster]) -> None:
     assert any("starting:" in ln for ln in lines), lines
 
 
-def test_experiment_reaches_valid_verdict(lab: Lab, rc: tuple[Path, Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_experiment_reaches_valid_verdict(lab: Lab, rc: tuple[Path, Cluster]) -> None:
     """leader-kill on the remote hosts (the runner's fresh cluster gets the hosts of cluster.yaml)."""
-    from dataclasses import replace
-
     from chaos import experiment
     from orchestrator import config
 
     cfg, _ = rc
-    hosts = config.load(cfg).hosts
-    base = config.ClusterConfig
-    monkeypatch.setattr(experiment, "ClusterConfig", lambda: replace(base(), hosts=hosts, tls=True))
     spec = experiment.load("leader-kill")
-    runner = experiment.Runner(spec, lab.dir / "root", lab.dir / "reports")
+    runner = experiment.Runner(spec, lab.dir / "root", lab.dir / "reports", hosts=config.load(cfg).hosts)
     res = asyncio.run(runner.run())
     assert res.verdict == experiment.VALID, res
 
