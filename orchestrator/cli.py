@@ -18,13 +18,14 @@ from . import kvcli
 from .cluster import Cluster, ClusterView, NodeStartError, OrchestrateError
 from .context import Ctx
 from .engines import EngineError
-from .fmt import alarms_text, human_bytes, stall_text
+from .fmt import alarms_text, human_bytes, ms_text, stall_text
 from .netns import netns_available
 from .quorum import explain, table
 
 
 def render(view: ClusterView, usage: bool = True) -> str:
-    cols = ["NAME", "STATE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "STALL ms", "ALARMS", "PID", "CLIENT URL"]
+    cols = ["NAME", "STATE", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "STALL ms", "FSYNC p99", "RTT", "ALARMS"]
+    cols += ["PID", "CLIENT URL"]
     if usage:
         cols[7:7] = ["CPU%", "RSS"]
     rows = []
@@ -34,7 +35,8 @@ def render(view: ClusterView, usage: bool = True) -> str:
         row = [name, v.state, role or "-", str(v.term or "-"), v.leader or "-", str(v.commit), str(v.applied)]
         if usage:
             row += [f"{v.cpu:.0f}" if v.pid else "-", human_bytes(v.rss) if v.rss else "-"]
-        row += [stall_text(v.loop_stall_p99_ms, v.loop_stall_max_ms), alarms_text(v.alarms)]
+        row += [stall_text(v.loop_stall_p99_ms, v.loop_stall_max_ms), ms_text(v.fsync_p99_ms), ms_text(v.peer_rtt_ms)]
+        row += [alarms_text(v.alarms)]
         row += [str(v.pid or "-"), v.client_url]
         rows.append(row)
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -54,7 +56,22 @@ def render(view: ClusterView, usage: bool = True) -> str:
     out += [f"warning: {w}" for w in view.warnings]
     if any(v.loop_stall_max_ms is not None for v in view.nodes):
         out.append("STALL: the node's event-loop stalls over the last 60 s, p99/max in ms")
+    if any(v.fsync_p99_ms is not None or v.peer_rtt_ms is not None for v in view.nodes):
+        out.append(
+            "FSYNC p99 / RTT: from each node's /metrics since it started (WAL fsync p99, median peer round trip)"
+        )
+    if view.prometheus_url:
+        out.append(f"prometheus: {view.prometheus_url}")
     return "\n".join(out)
+
+
+def metrics_lines(c: Cluster) -> list[str]:
+    """What `up` prints under the table: each node's metrics URL (/metrics, /health) and Prometheus'."""
+    st = c.st
+    out = [f"metrics {n}: {st.nodes[n].metrics_url}/metrics" for n in st.live_names() if st.nodes[n].metrics_port]
+    if st.prom is not None:
+        out.append(f"prometheus: {st.prom.url} (scraping {len(out)} node{'s' * (len(out) != 1)})")
+    return out
 
 
 def _progress(enabled: bool) -> Callable[[str], None]:
@@ -88,6 +105,7 @@ UP_FLAGS = {  # `up` flag (argparse dest) -> ClusterConfig field: validated by t
     "election_ms": "election_ms",
     "client_port": "client_port",
     "peer_port": "peer_port",
+    "metrics_port": "metrics_port",
     "snapshot_count": "snapshot_count",
     "log_level": "log_level",
     "compaction_mode": "compaction_mode",
@@ -95,6 +113,7 @@ UP_FLAGS = {  # `up` flag (argparse dest) -> ClusterConfig field: validated by t
     "quota_backend_bytes": "quota_backend_bytes",
     "fault_injection": "fault_injection",
     "tls": "tls",
+    "prometheus": "prometheus",
     "name": "name",
 }
 
@@ -116,6 +135,8 @@ async def cmd_up(ctx: Ctx, a: argparse.Namespace) -> int:
         view = await c.up(a.timeout, _progress(not a.quiet))
     _end_progress()
     print(render(view, usage=False))
+    for line in metrics_lines(c):
+        print(line)
     if a.tui:
         ctx.after = lambda: run_tui(ctx)  # Textual runs its own event loop: start it after ours
     return 0
@@ -221,20 +242,14 @@ async def cmd_logs(ctx: Ctx, a: argparse.Namespace) -> int:
     c = ctx.cluster()
     name = await c.resolve(a.node)
     path = c.dir.log_file(name)
-    if not path.exists():
+    if c.remote is None and not path.exists():
         raise OrchestrateError(f"no log for {name} yet ({path})")
-    for line in c.log_tail(name, a.lines):
+    for line in c.log_tail(name, a.lines):  # over SSH for a node on a remote host
         print(line)
     if a.follow:
-        with open(path, errors="replace") as f:
-            f.seek(0, 2)
-            while True:
-                line = f.readline()
-                if line:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                else:
-                    await asyncio.sleep(0.2)
+        for line in c.follow_log(name):  # `tail -F` over the kept SSH connection, or the local file
+            sys.stdout.write(line)
+            sys.stdout.flush()
     return 0
 
 
@@ -322,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=positive(float), default=30.0, help="seconds to wait for a leader and a write")
     up.add_argument("--client-port", type=ft("client_port"), help="first client port (node i gets +i)")
     up.add_argument("--peer-port", type=ft("peer_port"), help="first peer port (node i gets +i)")
+    up.add_argument(
+        "--metrics-port",
+        type=ft("metrics_port"),
+        help="first metrics port, etcd's --listen-metrics-urls (node i gets +i; default: free ports)",
+    )
     up.add_argument("--heartbeat-ms", type=ft("heartbeat_ms"), help="etcd's --heartbeat-interval")
     up.add_argument("--election-ms", type=ft("election_ms"), help="etcd's --election-timeout")
     up.add_argument("--snapshot-count", type=ft("snapshot_count"))
@@ -358,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="client ports speak TLS with a CA and certificates made in the state dir (tls/); clients need "
         "tls/ca.crt and, as the nodes require client certificates, tls/client.crt and client.key",
+    )
+    up.add_argument(
+        "--prometheus",
+        action="store_const",
+        const=True,
+        default=None,
+        help="also start a real Prometheus (Debian `prometheus`) scraping every node; `down` stops it",
     )
     up.add_argument("--tui", action="store_true", help="open the dashboard once the cluster is up")
     up.add_argument("--quiet", "-q", action="store_true")

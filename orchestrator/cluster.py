@@ -18,13 +18,14 @@ from pathlib import Path
 from node.client import Client, ClientError, ClientTLS, Reason
 from node.secret import SecretError
 
-from . import targets
+from . import prometheus, targets
 from .config import ClusterConfig
 from .engines import Engine, engine_for
 from .launcher import LocalLauncher
 from .netns import Netns, netns_identity
+from .ports import free_ports
 from .remote import RemoteError, RemoteLauncher
-from .state import ClusterState, NetnsPlacement, NodeRecord, StateDir
+from .state import ClusterState, NetnsPlacement, NodeRecord, PrometheusRecord, StateDir
 from .views import ClusterView, NodeView
 
 __all__ = ["Cluster", "ClusterView", "NodeStartError", "NodeView", "OrchestrateError", "port_free"]
@@ -41,6 +42,21 @@ def _data_dir_owner(d: Path) -> tuple[str, str] | None:
 
 class OrchestrateError(Exception):
     """A user-facing failure; the message says what to do."""
+
+
+# A remote cluster without ports.metrics: node i's metrics port is its peer port + this (the orchestrator
+# cannot see which ports are free on another host).
+REMOTE_METRICS_OFFSET = 1000
+SCRAPE_TIMEOUT_S = 0.5  # status and the dashboard read each node's /metrics this long at most
+
+
+def _scrape_all(addrs: dict[str, str], timeout: float) -> dict[str, str]:
+    """Every node's /metrics text at once (threads: urllib blocks); '' for a node that did not answer."""
+    if not addrs:
+        return {}
+    with ThreadPoolExecutor(min(len(addrs), 16)) as pool:
+        futures = {n: pool.submit(prometheus.scrape, a, timeout) for n, a in addrs.items()}
+    return {n: f.result() for n, f in futures.items()}
 
 
 class NodeStartError(OrchestrateError):
@@ -66,6 +82,7 @@ class Cluster:
         self.fresh = False  # create() made a new cluster (nothing of it existed before this up)
         self.removed: list[str] = []  # what the last down(purge=True) deleted
         self.kept: list[str] = []  # what it found in the cluster's directory but did not make, so left alone
+        self._prom_launcher = LocalLauncher()  # Prometheus always runs here, even for a remote cluster
 
     @property
     def launcher(self) -> LocalLauncher | RemoteLauncher:
@@ -166,6 +183,7 @@ class Cluster:
                     f"a stopped cluster {self.name!r} exists with nodes {', '.join(old.live_names())} on engine "
                     f"{old.engine}; `orchestrate down --purge` removes it, or `orchestrate start all` restarts it"
                 )
+            old.prometheus = old.prometheus or cfg.prometheus
             self._st = old
             self.fresh = False
             return
@@ -186,13 +204,21 @@ class Cluster:
             fault_injection=cfg.fault_injection,
             tls=cfg.tls,
             hosts={h.name: h for h in cfg.hosts if h.remote},
+            metrics_port=cfg.metrics_port,
+            prometheus=cfg.prometheus,
         )
         if st.remote and self._launcher is None:
             self._launcher = RemoteLauncher(st.hosts, st.name)
         for name in cfg.nodes:
             host = cfg.host_of(name)
             st.nodes[name] = NodeRecord(
-                name, cfg.client_port_of(name), cfg.peer_port_of(name), host.name, host.address, tls=cfg.tls
+                name,
+                cfg.client_port_of(name),
+                cfg.peer_port_of(name),
+                host.name,
+                host.address,
+                tls=cfg.tls,
+                metrics_port=cfg.metrics_port_of(name),
             )
         if cfg.network == "netns":
             tag, subnet = netns_identity(self.dir.path)
@@ -201,6 +227,32 @@ class Cluster:
                 self._place_in_netns(st, name, i)
         self._st = st
         self.fresh = True
+
+    def _assign_metrics_ports(self, names: list[str]) -> None:
+        """A metrics port for each named node without one: ports.metrics + its index, a port reserved here
+        (held by this process until the node binds it), or on a remote host its peer port + 1000."""
+        st = self.st
+        need = [n for n in names if not st.nodes[n].metrics_port]
+        if not need:
+            return
+        if st.metrics_port:
+            used = {r.metrics_port for r in st.nodes.values()}
+            for n in need:
+                port = st.metrics_port + list(st.nodes).index(n)
+                while port in used:
+                    port += 1
+                st.nodes[n].metrics_port = port
+                used.add(port)
+        elif st.remote:
+            for n in need:
+                st.nodes[n].metrics_port = st.nodes[n].peer_port + REMOTE_METRICS_OFFSET
+        else:
+            try:
+                ports = free_ports(len(need))
+            except RuntimeError as e:
+                raise OrchestrateError(f"no free metrics port: {e}") from None
+            for n, port in zip(need, ports, strict=True):
+                st.nodes[n].metrics_port = port
 
     def check_data_dirs(self, names: list[str]) -> None:
         """Refuse, before anything starts, a data dir that belongs to another cluster or member."""
@@ -252,13 +304,14 @@ class Cluster:
             r = self.st.nodes[n]
             if r.netns or self.st.remote:
                 continue  # a fresh namespace of its own: nothing else listens there
-            for kind, port in (("client", r.client_port), ("peer", r.peer_port)):
-                if not port_free(r.address, port):
+            for kind, port in (("client", r.client_port), ("peer", r.peer_port), ("metrics", r.metrics_port)):
+                if port and not port_free(r.address, port):
                     busy.append(f"{n} {kind} port {r.address}:{port}")
         if busy:
             raise OrchestrateError(
                 "ports already in use: " + "; ".join(busy) + ". Another cluster or program is listening there; "
-                "stop it, or pick other ports (ports.client / ports.peer in cluster.yaml, or --client-port)"
+                "stop it, or pick other ports (ports.client / ports.peer / ports.metrics in cluster.yaml, or "
+                "--client-port / --peer-port / --metrics-port)"
             )
 
     def spawn(self, name: str, cluster_state: str = "new", members: list[str] | None = None) -> None:
@@ -299,6 +352,9 @@ class Cluster:
         names = self.st.live_names()
         started: list[str] = []
         try:
+            if self.st.prometheus:
+                self._prometheus_binary()  # before any node starts: a missing binary is one clear line
+            self._assign_metrics_ports(names)
             self.check_data_dirs(names)
             nn = self.netns()
             if nn is not None:
@@ -311,6 +367,8 @@ class Cluster:
                 started.append(n)
             self.save()
             view = await self.wait_ready(timeout, progress, every_node=True)
+            if self.st.prometheus:
+                await self.start_prometheus(progress)
             self.fresh = False  # its members now own their data dirs: later starts check ids, not emptiness
             return view
         except BaseException as e:
@@ -348,6 +406,7 @@ class Cluster:
     def _undo_up(self, started: list[str]) -> str:
         """After a failed up: stop the nodes it started; a new cluster leaves only its logs."""
         st = self.st
+        self.stop_prometheus()
         stopped = []
         for n in started:
             rec = st.nodes[n]
@@ -370,6 +429,7 @@ class Cluster:
         self.dir.file.unlink(missing_ok=True)
         self.dir.secret_file.unlink(missing_ok=True)
         self.dir.remove_tls()
+        self.dir.remove_prometheus()
         self.dir.remove_if_empty()
         self._st = None
         logs = self.dir.path / "logs"
@@ -518,6 +578,8 @@ class Cluster:
                 self.launcher.stop(rec, timeout=max(5.0, self.st.election_ms / 1000 * 4))
                 stopped.append(n)
             rec.desired = "stopped"
+        if self.stop_prometheus():
+            stopped.append("prometheus")
         nn = self.netns()
         if nn is not None:
             self.removed += [f"network namespace or bridge {x} (and its rules)" for x in nn.destroy()]
@@ -586,8 +648,19 @@ class Cluster:
             states = await asyncio.to_thread(lambda: {n: self.launcher.state(st.nodes[n]) for n in names})
         else:
             states = {n: self.launcher.state(st.nodes[n]) for n in names}
-        async with self.client(timeout=timeout) as c:
-            views = await asyncio.gather(*(self._node_view(c, n, ids, states[n]) for n in names))
+        # each running node's /metrics, read in threads beside the status calls (never on the loop)
+        addrs = {n: st.nodes[n].metrics_addr for n in names if states[n] == "running" and st.nodes[n].metrics_port}
+        scraping = asyncio.ensure_future(asyncio.to_thread(_scrape_all, addrs, SCRAPE_TIMEOUT_S)) if usage else None
+        texts: dict[str, str] = {}
+        try:
+            async with self.client(timeout=timeout) as c:
+                views = await asyncio.gather(*(self._node_view(c, n, ids, states[n]) for n in names))
+        finally:
+            if scraping is not None:
+                texts = await scraping
+        for v in views:
+            if texts.get(v.name):
+                v.fsync_p99_ms, v.peer_rtt_ms = prometheus.fsync_and_rtt_ms(texts[v.name])
         if usage and self.remote is not None:  # CPU since the last poll, from the probe states just made
             for v in views:
                 if v.state != "stopped":
@@ -608,7 +681,9 @@ class Cluster:
             v.learner = v.learner or bool(src and v.name in (src.learners or []))
         voters = st.voter_names()
         warnings = self._disagreements(views, voters, leader, reported)
-        return ClusterView(st.name, st.engine, views, voters, leader, term, reported, warnings)
+        cv = ClusterView(st.name, st.engine, views, voters, leader, term, reported, warnings)
+        cv.prometheus_url = st.prom.url if st.prom is not None else ""
+        return cv
 
     async def _member_list(self, views: list[NodeView], timeout: float) -> None:
         """An engine whose status has no voter list (real etcd): ask for the member list once."""
@@ -655,7 +730,12 @@ class Cluster:
     async def _node_view(self, c: Client, name: str, ids: dict[str, str], state: str) -> NodeView:
         rec = self.st.nodes[name]
         v = NodeView(
-            name, state, pid=rec.pid if state != "stopped" else 0, client_url=rec.client_url, member_id=rec.member_id
+            name,
+            state,
+            pid=rec.pid if state != "stopped" else 0,
+            client_url=rec.client_url,
+            member_id=rec.member_id,
+            metrics_url=rec.metrics_url,
         )
         if state != "running":
             return v
@@ -806,6 +886,7 @@ class Cluster:
         if name in st.nodes:
             shutil.rmtree(self.dir.data_dir(name), ignore_errors=True)
         st.nodes[name] = rec
+        self._assign_metrics_ports([name])
         nn = self.netns()
         if nn is not None:
             self._place_in_netns(st, name, idx)
@@ -827,6 +908,7 @@ class Cluster:
             rec.member_id = f"{resp.member.ID:x}"
             self.spawn(name, "existing", members)
             self.save()
+            await self.reload_prometheus()
             if not voter:
                 await self._promote(c, name, resp.member.ID, timeout)
                 rec.learner = False
@@ -882,7 +964,88 @@ class Cluster:
             self.launcher.stop(rec)
         rec.desired = "removed"
         self.save()
+        await self.reload_prometheus()
         return await self.wait_ready(timeout)
+
+    # -- Prometheus -----------------------------------------------------------------------------------
+    @staticmethod
+    def _prometheus_binary() -> str:
+        try:
+            return prometheus.binary()
+        except prometheus.PrometheusError as e:
+            raise OrchestrateError(str(e)) from None
+
+    def _prom_rec(self) -> NodeRecord | None:
+        """The recorded Prometheus as the launcher sees a process (pid + start time)."""
+        p = self.st.prom
+        return None if p is None else NodeRecord("prometheus", p.port, 0, pid=p.pid, create_time=p.create_time)
+
+    def prometheus_running(self) -> bool:
+        rec = self._prom_rec()
+        return rec is not None and self._prom_launcher.process(rec) is not None
+
+    def _write_scrape_config(self) -> None:
+        """Every live node's metrics address (the hosts' addresses for a remote cluster), written atomically."""
+        st = self.st
+        targets_ = {n: st.nodes[n].metrics_addr for n in st.live_names() if st.nodes[n].metrics_port}
+        d = self.dir.prom_dir
+        tmp = d / "prometheus.yml.tmp"
+        prometheus.write_config(tmp, st.name, targets_)
+        tmp.replace(d / "prometheus.yml")
+
+    async def start_prometheus(self, progress: Callable[[str], None] | None = None) -> str:
+        """Start Prometheus on a free 127.0.0.1 port with data in the state dir (or reload a running one)."""
+        say = progress or (lambda s: None)
+        st = self.st
+        if st.prom is not None and self.prometheus_running():
+            await self.reload_prometheus()
+            return st.prom.url
+        self._prometheus_binary()
+        d = self.dir.prom_dir
+        d.mkdir(parents=True, exist_ok=True)
+        self._write_scrape_config()
+        try:
+            (port,) = free_ports(1)
+        except RuntimeError as e:
+            raise OrchestrateError(f"no free port for Prometheus: {e}") from None
+        cmd = prometheus.command(d / "prometheus.yml", d / "data", f"127.0.0.1:{port}")
+        try:
+            pid, ct = self._prom_launcher.start(cmd, d / "prometheus.log", d)
+        except OSError as e:
+            raise OrchestrateError(f"cannot start Prometheus: {e.strerror or e}") from None
+        st.prom = PrometheusRecord(port, pid, ct)
+        self.save()
+        say(f"prometheus starting at {st.prom.url}")
+        deadline = time.monotonic() + prometheus.READY_TIMEOUT_S
+        while not await asyncio.to_thread(prometheus.ready, st.prom.url):
+            if not self.prometheus_running() or time.monotonic() >= deadline:
+                tail = (d / "prometheus.log").read_text(errors="replace").splitlines()[-5:]
+                what = "exited" if not self.prometheus_running() else "is not ready"
+                self.stop_prometheus()
+                raise OrchestrateError(
+                    f"Prometheus {what} (log {d / 'prometheus.log'}):\n" + "\n".join(f"    {t}" for t in tail)
+                )
+            await asyncio.sleep(0.2)
+        return st.prom.url
+
+    async def reload_prometheus(self) -> None:
+        """After add/remove: rewrite the scrape config and SIGHUP Prometheus so it scrapes the new members."""
+        rec = self._prom_rec()
+        if rec is None or not self.prometheus_running():
+            return
+        self._write_scrape_config()
+        self._prom_launcher.signal(rec, signal.SIGHUP)
+
+    def stop_prometheus(self) -> bool:
+        """Stop the cluster's Prometheus (its data stays until a purge); True if one was running."""
+        rec = self._prom_rec()
+        if rec is None:
+            return False
+        was = self._prom_launcher.process(rec) is not None
+        if was:
+            self._prom_launcher.stop(rec, timeout=10.0)
+        self.st.prom = None
+        return was
 
 
 def _follow_file(path: Path) -> Iterator[str]:

@@ -89,6 +89,8 @@ class ClusterConfig:
     placement: tuple[tuple[str, str], ...] = ()  # (node, host) for nodes that name their host
     client_port: int = 2379
     peer_port: int = 12380
+    # first metrics port (etcd's --listen-metrics-urls; node i gets +i); 0: free ports picked at `up`
+    metrics_port: int = 0
     heartbeat_ms: int = 100
     election_ms: int = 1000
     snapshot_count: int = 10_000
@@ -102,6 +104,8 @@ class ClusterConfig:
     fault_injection: bool = True
     # client ports speak TLS (etcd's --cert-file ... --client-cert-auth) with certificates `up` makes
     tls: bool = False
+    # `up` also starts a real Prometheus (Debian's `prometheus`) scraping every node's metrics URL
+    prometheus: bool = False
     source: str = "<defaults>"
 
     @property
@@ -119,6 +123,10 @@ class ClusterConfig:
 
     def peer_port_of(self, name: str) -> int:
         return self.peer_port + self.node_index(name)
+
+    def metrics_port_of(self, name: str) -> int:
+        """The node's metrics port when ports.metrics is set; 0: the orchestrator picks one at `up`."""
+        return self.metrics_port + self.node_index(name) if self.metrics_port else 0
 
     def host_of(self, name: str) -> Host:
         placed = dict(self.placement)
@@ -208,6 +216,7 @@ def v_bool(v: Any) -> bool:
 
 v_fault_injection = v_bool
 v_tls = v_bool
+v_prometheus = v_bool
 
 
 def v_data_dir(v: Any) -> str:
@@ -291,6 +300,7 @@ FIELDS = {
         Field("snapshot_count", "snapshot_count", "--snapshot-count", v_snapshot_count),
         Field("client_port", "ports.client", "--client-port", v_port),
         Field("peer_port", "ports.peer", "--peer-port", v_port),
+        Field("metrics_port", "ports.metrics", "--metrics-port", v_port),
         Field("heartbeat_ms", "timeouts.heartbeat_ms", "--heartbeat-ms", v_heartbeat_ms),
         Field("election_ms", "timeouts.election_ms", "--election-ms", v_election_ms),
         Field("compaction_mode", "compaction.mode", "--auto-compaction-mode", v_compaction_mode),
@@ -298,6 +308,7 @@ FIELDS = {
         Field("quota_backend_bytes", "quota_backend_bytes", "--quota-backend-bytes", v_quota_backend_bytes),
         Field("fault_injection", "fault_injection", "--no-fault-injection", v_fault_injection),
         Field("tls", "tls", "--tls", v_tls),
+        Field("prometheus", "prometheus", "--prometheus", v_prometheus),
     )
 }
 
@@ -326,6 +337,13 @@ def _ports_problem(cfg: ClusterConfig) -> tuple[str, str] | None:
         return "ports", f"{n} nodes do not fit below port 65535"
     if c0 <= p1 and p0 <= c1:
         return "ports", f"client ports {c0}-{c1} overlap peer ports {p0}-{p1}; move ports.peer out of the client range"
+    if cfg.metrics_port:
+        m0, m1 = cfg.metrics_port, cfg.metrics_port + n - 1
+        if m1 > 65535:
+            return "ports", f"{n} metrics ports do not fit below port 65535"
+        for kind, a, b in (("client", c0, c1), ("peer", p0, p1)):
+            if m0 <= b and a <= m1:
+                return "ports", f"metrics ports {m0}-{m1} overlap {kind} ports {a}-{b}; move ports.metrics"
     return None
 
 
@@ -377,7 +395,7 @@ def apply_flags(cfg: ClusterConfig, flags: dict[str, Any]) -> ClusterConfig:
     bad = cross_check(cfg)
     if bad is not None:
         attr, msg = bad
-        where = {"ports": "--client-port/--peer-port", "election_ms": "--election-ms/--heartbeat-ms"}
+        where = {"ports": "--client-port/--peer-port/--metrics-port", "election_ms": "--election-ms/--heartbeat-ms"}
         raise ConfigError(f"{where.get(attr) or FIELDS[attr].flag}: {msg}")
     return cfg
 
@@ -443,6 +461,7 @@ TOP_KEYS = (
     "quota_backend_bytes",
     "fault_injection",
     "tls",
+    "prometheus",
     "data_dir",
     "log_level",
 )
@@ -461,7 +480,7 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
     top = _mapping(src, root, "", TOP_KEYS)
     kw: dict[str, Any] = {"source": src}
     top_fields = ("name", "engine", "network", "log_level", "data_dir", "snapshot_count", "quota_backend_bytes")
-    for attr in (*top_fields, "fault_injection", "tls"):
+    for attr in (*top_fields, "fault_injection", "tls", "prometheus"):
         if FIELDS[attr].key in top:
             kw[attr] = _field(src, top[FIELDS[attr].key], attr)
     placed_at: dict[str, yaml.Node] = {}
@@ -469,7 +488,7 @@ def parse(text: str, src: str = "cluster.yaml") -> ClusterConfig:
         kw["nodes"], placement, placed_at = _nodes(src, top["nodes"])
         kw["placement"] = tuple(placement)
     sections = {
-        "ports": ("client_port", "peer_port"),
+        "ports": ("client_port", "peer_port", "metrics_port"),
         "timeouts": ("heartbeat_ms", "election_ms"),
         "compaction": ("compaction_mode", "compaction_retention"),
     }

@@ -15,14 +15,14 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from node.client import Client, ClientError, Reason
 from node.pb import rpc_pb2
 
 from .pki import ADMIN_CN, ClusterPKI
 from .state import ClusterState, NodeRecord
-from .views import NodeView
+from .views import NodeView, RaftDetail
 
 
 class EngineError(Exception):
@@ -118,6 +118,11 @@ def _cluster_flags(st: ClusterState, members: list[str], cluster_state: str) -> 
     )
 
 
+def _metrics(rec: NodeRecord) -> list[str]:
+    """etcd's --listen-metrics-urls (/metrics and /health in plain http, both engines); none in old state files."""
+    return _flags(("--listen-metrics-urls", rec.metrics_url)) if rec.metrics_port else []
+
+
 def _limits(st: ClusterState) -> list[str]:
     return _flags(
         ("--auto-compaction-mode", st.compaction_mode),
@@ -148,6 +153,7 @@ class BuiltinEngine:
                 ("--listen-client", client_url(st, rec) if st.tls else rec.endpoint),
                 ("--listen-peer", peer_url(st, rec)),
             ),
+            *_metrics(rec),
             *_cluster_flags(st, members, cluster_state),
             *_flags(("--log-level", st.log_level)),
             *_limits(st),
@@ -181,6 +187,8 @@ class BuiltinEngine:
         v.revision = s.get("revision", 0)
         v.peers = s.get("peers", {})
         v.fault_rules = s.get("fault_rules") or []
+        raft = s.get("raft")
+        v.raft = cast(RaftDetail, raft) if isinstance(raft, dict) else None  # the dashboard's log view
 
     async def ping(self, c: Client, rec: NodeRecord) -> None:
         await c.admin_status(rec.endpoint, timeout=1.0)
@@ -221,6 +229,7 @@ class EtcdEngine:
                 ("--listen-peer-urls", peer_url(st, rec)),
                 ("--initial-advertise-peer-urls", peer_url(st, rec)),
             ),
+            *_metrics(rec),
             *_cluster_flags(st, members, cluster_state),
             *_limits(st),
             *_flags(("--logger", "zap"), ("--log-level", level)),

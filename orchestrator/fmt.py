@@ -24,3 +24,10 @@ def stall_text(p99: float | None, mx: float | None) -> str:
 
 def alarms_text(alarms: list[str] | None) -> str:
     return ",".join(alarms) if alarms else "-"
+
+
+def ms_text(ms: float | None) -> str:
+    """A latency from a node's /metrics in ms; '-' when not scraped (no metrics URL, or it did not answer)."""
+    if ms is None:
+        return "-"
+    return f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"

@@ -23,7 +23,7 @@ from pathlib import Path
 from .launcher import package_root
 from .remote import HostConn, RemoteError
 
-NODE_DEPS = ("grpcio", "protobuf", "msgpack", "sortedcontainers", "uvloop")
+NODE_DEPS = ("grpcio", "protobuf", "msgpack", "sortedcontainers", "uvloop", "prometheus_client")
 PACKAGES = ("node", "orchestrator", "chaos", "tui")
 MIN_PYTHON = (3, 11)
 CACHE = Path("~/.cache/quorumlab/deploy").expanduser()

@@ -39,6 +39,16 @@ class NodeRecord:
     netns: str = ""
     learner: bool = False  # added as a learner and not promoted yet: not counted among the voters
     tls: bool = False  # its client port speaks TLS (a cluster made with `up --tls`)
+    metrics_port: int = 0  # etcd's --listen-metrics-urls (/metrics, /health); 0: none (older state files)
+
+    @property
+    def metrics_url(self) -> str:
+        """Plain http on either engine, as etcd serves a separate --listen-metrics-urls; '' without one."""
+        return f"http://{self.address}:{self.metrics_port}" if self.metrics_port else ""
+
+    @property
+    def metrics_addr(self) -> str:
+        return f"{self.address}:{self.metrics_port}" if self.metrics_port else ""
 
     @property
     def client_url(self) -> str:
@@ -84,6 +94,20 @@ class NetnsPlacement:
 
 
 @dataclass
+class PrometheusRecord:
+    """The Prometheus `up --prometheus` started for this cluster (always on this machine)."""
+
+    port: int
+    pid: int = 0
+    create_time: float = 0.0
+    address: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+
+@dataclass
 class ChaosState:
     """The active network faults, saved so separate `orchestrate chaos` calls and the dashboard combine."""
 
@@ -124,6 +148,9 @@ class ClusterState:
     hosts: dict[str, Host] = field(default_factory=dict)
     host_python: dict[str, str] = field(default_factory=dict)
     fw_hosts: list[str] = field(default_factory=list)
+    metrics_port: int = 0  # ports.metrics: node i's metrics port is base + i; 0: free ports picked per node
+    prometheus: bool = False  # `up` starts Prometheus (and regenerates its scrape config on add/remove)
+    prom: PrometheusRecord | None = None  # the running Prometheus, if any
 
     @property
     def remote(self) -> bool:
@@ -149,7 +176,9 @@ class ClusterState:
         chaos = d.pop("chaos", None) or old.get("chaos") or {}
         made_root = bool(d.pop("made_root", False) or old.get("made_root"))
         hosts = {k: Host(**v) for k, v in d.pop("hosts", {}).items()}
+        prom = d.pop("prom", None)
         return cls(
+            prom=PrometheusRecord(**prom) if prom else None,
             hosts=hosts,
             nodes=nodes,
             netns=NetnsPlacement(str(netns["tag"]), int(netns["subnet"])) if netns else None,
@@ -163,6 +192,8 @@ class ClusterState:
 NODE_FILES = ("member.json", "member.json.tmp", "reserve.bin", "reserve.bin.tmp")
 NODE_DIRS = ("wal", "snap", "member")
 NODE_MARKS = ("member.json", "wal", "snap", "reserve.bin", "member")
+# What `up --prometheus` writes under <state>/prometheus/ (orchestrator/cluster.py).
+PROM_ENTRIES = ("prometheus.yml", "prometheus.yml.tmp", "prometheus.log", "data")
 # The first line the launcher writes to a node's log (orchestrator/launcher.py LocalLauncher.start).
 LOG_HEADER = re.compile(rb"\n=== \d{4}-\d\d-\d\d \d\d:\d\d:\d\d starting: ")
 
@@ -217,6 +248,25 @@ class StateDir:
 
     def log_file(self, node: str) -> Path:
         return self.path / "logs" / f"{node}.log"
+
+    @property
+    def prom_dir(self) -> Path:
+        """Prometheus' scrape config, log and TSDB (`up --prometheus`)."""
+        return self.path / "prometheus"
+
+    def remove_prometheus(self) -> bool:
+        """Delete what `up --prometheus` wrote (config, log, TSDB) and nothing else; True if anything went."""
+        d = self.prom_dir
+        if not d.is_dir() or d.is_symlink():
+            return False
+        gone = False
+        for entry in PROM_ENTRIES:
+            p = d / entry
+            if p.exists() or p.is_symlink():
+                _remove(p)
+                gone = True
+        _rmdir_if_empty(d)
+        return gone
 
     def exists(self) -> bool:
         return self.file.exists()
@@ -308,7 +358,9 @@ class StateDir:
 
     def looks_like_cluster(self) -> bool:
         """Without a state file: does anything here look like what a cluster writes (node data, node logs)?"""
-        return self.exists() or bool(self._node_dirs(set()) or self._logs(set()) or self._tmp_files())
+        return self.exists() or bool(
+            self._node_dirs(set()) or self._logs(set()) or self._tmp_files() or (self.prom_dir / "data").is_dir()
+        )
 
     def purge(self, nodes: set[str], made_root: bool) -> tuple[str, list[Path]]:
         """Delete exactly what a cluster writes here, then the directories left empty.
@@ -331,6 +383,7 @@ class StateDir:
         self.file.unlink(missing_ok=True)
         self.secret_file.unlink(missing_ok=True)
         self.remove_tls()
+        prom = self.remove_prometheus()
         for d in (self.path / "data", self.path / "logs", self.path):
             _rmdir_if_empty(d)
         if made_root:
@@ -339,6 +392,7 @@ class StateDir:
             ["state"] * had_state
             + [f"data of {', '.join(d.name for d in dirs) or 'no node'}"]
             + [f"{len(logs)} log file{'s' * (len(logs) != 1)}"]
+            + ["Prometheus' data"] * prom
         )
         kept = _leaves(self.path) if self.path.exists() else []
         return what, kept

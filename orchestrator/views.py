@@ -13,6 +13,17 @@ from typing import Any, TypedDict
 from .quorum import explain, fault_tolerance, quorum
 
 
+class RaftDetail(TypedDict, total=False):
+    """A builtin node's log and timers for the dashboard's log view (Admin status "raft")."""
+
+    log_first: int  # index of log_terms[0]; entries before it are in the snapshot
+    log_terms: list[int]  # the terms of the last entries, oldest first
+    election_elapsed_ms: float  # time since the last heartbeat heard (follower) or the campaign start
+    election_timeout_ms: float  # this node's current randomized election timeout
+    msgs_sent: dict[str, int]  # Raft messages sent to each peer (by name) since start
+    msgs_recv: dict[str, int]  # ... and received from each
+
+
 class PeerStatus(TypedDict, total=False):
     """The leader's view of one peer, as a builtin node's Admin status reports it (node/api/admin_service.py)."""
 
@@ -27,8 +38,8 @@ class PeerStatus(TypedDict, total=False):
 
 
 # Reported by some engines only: absent from to_dict() when None, in this order after the common fields.
-_OPTIONAL = ("loop_stall_max_ms", "loop_stall_p99_ms", "alarms")
-_REPORTED = ("voters", "learners", "last_index", "revision", "peers", "fault_rules")
+_OPTIONAL = ("loop_stall_max_ms", "loop_stall_p99_ms", "alarms", "fsync_p99_ms", "peer_rtt_ms")
+_REPORTED = ("voters", "learners", "last_index", "revision", "peers", "fault_rules", "raft")
 
 
 @dataclass
@@ -42,6 +53,7 @@ class NodeView:
     applied: int = 0
     pid: int = 0
     client_url: str = ""
+    metrics_url: str = ""  # etcd's --listen-metrics-urls: /metrics and /health ('' for an older state file)
     member_id: str = ""
     cpu: float = 0.0
     rss: int = 0
@@ -59,6 +71,10 @@ class NodeView:
     revision: int | None = None
     peers: dict[str, PeerStatus] | None = None
     fault_rules: list[dict[str, Any]] | None = None
+    raft: RaftDetail | None = None
+    # from the node's /metrics (None: not scraped): WAL fsync p99 and the median peer round trip
+    fsync_p99_ms: float | None = None
+    peer_rtt_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in _REPORTED}
@@ -79,6 +95,7 @@ class ClusterView:
     term: int
     leader_voters: list[str] = field(default_factory=list)  # the voters the leader reports
     warnings: list[str] = field(default_factory=list)
+    prometheus_url: str = ""  # the Prometheus `up --prometheus` started ('' when none runs)
 
     @property
     def n(self) -> int:
@@ -120,6 +137,7 @@ class ClusterView:
             "voters": self.voters,
             "leader_voters": self.leader_voters,
             "warnings": self.warnings,
+            "prometheus_url": self.prometheus_url,
             "n": self.n,
             "quorum": self.quorum,
             "fault_tolerance": self.fault_tolerance,
