@@ -48,14 +48,22 @@ class OrchestrateError(Exception):
 # cannot see which ports are free on another host).
 REMOTE_METRICS_OFFSET = 1000
 SCRAPE_TIMEOUT_S = 0.5  # status and the dashboard read each node's /metrics this long at most
+SCRAPE_EVERY_S = 2.0  # a dashboard polling at 4 Hz re-reads the metrics this often (p99s move slowly)
+
+Latencies = dict[str, tuple[float | None, float | None]]  # node -> (fsync p99 ms, peer RTT ms)
 
 
-def _scrape_all(addrs: dict[str, str], timeout: float) -> dict[str, str]:
-    """Every node's /metrics text at once (threads: urllib blocks); '' for a node that did not answer."""
+def _scrape_all(addrs: dict[str, str], timeout: float) -> Latencies:
+    """Every node's fsync p99 and peer RTT from its /metrics at once, read and parsed in threads."""
     if not addrs:
         return {}
+
+    def one(addr: str) -> tuple[float | None, float | None]:
+        text = prometheus.scrape(addr, timeout)
+        return prometheus.fsync_and_rtt_ms(text) if text else (None, None)
+
     with ThreadPoolExecutor(min(len(addrs), 16)) as pool:
-        futures = {n: pool.submit(prometheus.scrape, a, timeout) for n, a in addrs.items()}
+        futures = {n: pool.submit(one, a) for n, a in addrs.items()}
     return {n: f.result() for n, f in futures.items()}
 
 
@@ -83,6 +91,9 @@ class Cluster:
         self.removed: list[str] = []  # what the last down(purge=True) deleted
         self.kept: list[str] = []  # what it found in the cluster's directory but did not make, so left alone
         self._prom_launcher = LocalLauncher()  # Prometheus always runs here, even for a remote cluster
+        self._latencies: Latencies = {}  # the last /metrics readings, reused for SCRAPE_EVERY_S
+        self._kept: tuple[tuple[str, ...], Client] | None = None  # view(keep=True)'s client, by endpoints
+        self._scraped_at = -1e9
 
     @property
     def launcher(self) -> LocalLauncher | RemoteLauncher:
@@ -634,7 +645,27 @@ class Cluster:
         self.kept = [str(k) for k in kept]
 
     # -- status ------------------------------------------------------------------------------------
-    async def view(self, usage: bool = True, timeout: float = 1.0) -> ClusterView:
+    async def _poll_client(self, timeout: float) -> Client:
+        """One client kept across views (the dashboard polls every second): new channels to every
+        node on each poll cost more than the status calls themselves. Remade when the members change."""
+        eps = tuple(self.st.nodes[n].endpoint for n in self.st.live_names())
+        if self._kept is not None and self._kept[0] != eps:
+            await self._kept[1].close()
+            self._kept = None
+        if self._kept is None:
+            self._kept = (eps, self.client(timeout=timeout))
+        self._kept[1].timeout = timeout
+        return self._kept[1]
+
+    async def aclose(self) -> None:
+        """Close the kept client (see view(keep=True)) and the SSH connections."""
+        if self._kept is not None:
+            await self._kept[1].close()
+            self._kept = None
+        self.close()
+
+    async def view(self, usage: bool = True, timeout: float = 1.0, keep: bool = False) -> ClusterView:
+        """Every member's state. keep: reuse one client across calls (close it with aclose())."""
         st = self.st
         names = st.live_names()
         ids = {r.member_id: n for n, r in st.nodes.items() if r.member_id}
@@ -650,17 +681,22 @@ class Cluster:
             states = {n: self.launcher.state(st.nodes[n]) for n in names}
         # each running node's /metrics, read in threads beside the status calls (never on the loop)
         addrs = {n: st.nodes[n].metrics_addr for n in names if states[n] == "running" and st.nodes[n].metrics_port}
-        scraping = asyncio.ensure_future(asyncio.to_thread(_scrape_all, addrs, SCRAPE_TIMEOUT_S)) if usage else None
-        texts: dict[str, str] = {}
+        fresh = usage and time.monotonic() - self._scraped_at >= SCRAPE_EVERY_S
+        scraping = asyncio.ensure_future(asyncio.to_thread(_scrape_all, addrs, SCRAPE_TIMEOUT_S)) if fresh else None
         try:
-            async with self.client(timeout=timeout) as c:
+            if keep:
+                c = await self._poll_client(timeout)
                 views = await asyncio.gather(*(self._node_view(c, n, ids, states[n]) for n in names))
+            else:
+                async with self.client(timeout=timeout) as c:
+                    views = await asyncio.gather(*(self._node_view(c, n, ids, states[n]) for n in names))
         finally:
             if scraping is not None:
-                texts = await scraping
-        for v in views:
-            if texts.get(v.name):
-                v.fsync_p99_ms, v.peer_rtt_ms = prometheus.fsync_and_rtt_ms(texts[v.name])
+                self._latencies, self._scraped_at = await scraping, time.monotonic()
+        if usage:
+            for v in views:
+                if v.name in addrs and v.name in self._latencies:
+                    v.fsync_p99_ms, v.peer_rtt_ms = self._latencies[v.name]
         if usage and self.remote is not None:  # CPU since the last poll, from the probe states just made
             for v in views:
                 if v.state != "stopped":

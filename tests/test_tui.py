@@ -118,3 +118,55 @@ def test_snapshot_no_cluster_screen(snap_compare, tmp_path: Path) -> None:  # ty
 
     app = Dashboard(Path("/nonexistent-quorumlab-root"), "demo", clock=False)  # a clock never snapshots twice
     assert snap_compare(app, terminal_size=(120, 30), run_before=settle)
+
+
+def log_rows(app: Dashboard) -> dict[str, str]:
+    """The log view's rows by member name (the first word of each row)."""
+    text = str(app.query_one("#raftlog", Static).render())
+    rows = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if parts:
+            rows[parts[0]] = line
+    return rows
+
+
+def commit_of(row: str) -> int:
+    return int(next(w for w in row.split() if w.startswith("c") and w[1:].isdigit())[1:])
+
+
+async def test_log_view_follows_a_lagging_follower_and_a_leader_change(cluster: Cluster, tmp_path: Path) -> None:
+    app = Dashboard(tmp_path, "tui")
+    async with app.run_test(size=(160, 45)) as pilot:
+        await wait_until(pilot, lambda: app.view is not None and bool(app.view.leader) and len(log_rows(app)) == 3)
+        assert app.view is not None
+        leader = app.view.leader
+        rows = log_rows(app)
+        assert rows[leader].split()[1] == "L", rows[leader]
+        lagger = next(n for n in ("n1", "n2", "n3") if n != leader)
+
+        # a paused follower keeps its old commit index while the others move on
+        cluster.pause_node(lagger)
+        try:
+            async with cluster.client([leader]) as c:
+                for i in range(30):
+                    await c.put(f"log/{i}", "x")
+            await wait_until(pilot, lambda: commit_of(log_rows(app)[leader]) >= commit_of(log_rows(app)[lagger]) + 30)
+            row = log_rows(app)[lagger]
+            assert row.split()[1] == "‖", row  # shown as paused, no cells
+            # the leader's row shows the follower's match index behind its own commit
+            match = int(next(w for w in log_rows(app)[lagger].split() if w.startswith("m") and w[1:].isdigit())[1:])
+            assert match < commit_of(log_rows(app)[leader])
+        finally:
+            cluster.resume_node(lagger)
+        await wait_until(pilot, lambda: commit_of(log_rows(app)[lagger]) == commit_of(log_rows(app)[leader]))
+
+        # kill the leader: another row takes the L and the term goes up
+        old_term = app.view.term
+        cluster.kill_node(leader)
+        await wait_until(pilot, lambda: app.view is not None and app.view.leader not in ("", leader))
+        new = app.view.leader
+        await wait_until(pilot, lambda: log_rows(app)[new].split()[1] == "L")
+        assert app.view.term > old_term
+        assert log_rows(app)[leader].split()[1] == "✗"  # stopped
+        await pilot.press("q")

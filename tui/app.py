@@ -38,9 +38,9 @@ from orchestrator.state import ChaosState, NetRule
 
 from .model import QuorumPanel, Series, Tracker, panel
 from .screens import ExperimentScreen, HelpScreen, PartitionScreen
-from .widgets import Charts, EventLog, NodeTable, Notice, QuorumView
+from .widgets import Charts, EventLog, MessageMatrix, NodeTable, Notice, QuorumView, RaftLogView
 
-REFRESH_S = 0.25
+REFRESH_S = 1.0
 
 
 def chaos_state(c: Cluster) -> ChaosState:
@@ -93,6 +93,7 @@ class Dashboard(App[int]):
         self._probe_ok = 0
         self.workload: Workload | None = None
         self._wl_seen = 0
+        self._prober: tuple[list[str], Client] | None = None  # the probe's client, by endpoints
         self._poll_wanted = asyncio.Event()  # set by poll_now: refresh without waiting for the next tick
 
     # -- layout ---------------------------------------------------------------------------------
@@ -102,6 +103,9 @@ class Dashboard(App[int]):
         with Horizontal(id="top"):
             yield NodeTable(id="nodes").data_bind(Dashboard.view, Dashboard.groups)
             yield QuorumView(id="quorum").data_bind(panel=Dashboard.quorum_panel)
+        with Horizontal(id="raft"):
+            yield RaftLogView(id="raftlog").data_bind(Dashboard.view)
+            yield MessageMatrix(id="msgs").data_bind(Dashboard.view)
         yield Charts(id="charts").data_bind(
             tput=Dashboard.tput_data, lat=Dashboard.lat_data, faults=Dashboard.fault_data
         )
@@ -167,7 +171,7 @@ class Dashboard(App[int]):
             return
         self.cluster = c
         try:
-            view = await c.view(usage=True, timeout=0.5)
+            view = await c.view(usage=True, timeout=0.5, keep=True)
         except (OrchestrateError, OSError, ValueError) as e:
             self.notice = f"cannot read cluster state: {e}"
             return
@@ -199,10 +203,13 @@ class Dashboard(App[int]):
         if not eps:
             self._set_writable(False, 0.0)
             return
+        if self._prober is None or self._prober[0] != eps:
+            if self._prober is not None:
+                await self._prober[1].close()
+            self._prober = (eps, Client(eps, timeout=0.5, tls=c.tls))  # kept: new channels per probe cost more
         t0 = time.monotonic()
         try:
-            async with Client(eps, timeout=0.5, tls=c.tls) as cl:
-                await cl.put("quorumlab/probe", str(time.time()))
+            await self._prober[1].put("quorumlab/probe", str(time.time()))
             ms = (time.monotonic() - t0) * 1000
             self._probe_ok += 1
             self.lat.push(ms)
@@ -384,8 +391,17 @@ class Dashboard(App[int]):
     async def action_quit(self) -> None:
         if self.workload is not None:
             await self.workload.stop()
+        if self._prober is not None:
+            await self._prober[1].close()
+        if self.cluster is not None:
+            await self.cluster.aclose()
         self.exit(0)
 
 
 def main(root: Path, name: str) -> int:
-    return Dashboard(root, name).run() or 0
+    app = Dashboard(root, name)
+    try:
+        return app.run() or 0
+    finally:
+        if app.cluster is not None:
+            app.cluster.close()  # the SSH connections to remote hosts, kept for the whole session

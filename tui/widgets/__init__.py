@@ -5,5 +5,6 @@ from .events import EventLog
 from .nodes import COLUMNS, NodeTable
 from .notice import Notice
 from .quorum import QuorumView
+from .raftlog import MessageMatrix, RaftLogView
 
-__all__ = ["COLUMNS", "Charts", "EventLog", "NodeTable", "Notice", "QuorumView"]
+__all__ = ["COLUMNS", "Charts", "EventLog", "MessageMatrix", "NodeTable", "Notice", "QuorumView", "RaftLogView"]

@@ -8,7 +8,7 @@ from textual.reactive import var
 from textual.widgets import DataTable
 
 from orchestrator.cluster import ClusterView, NodeView
-from orchestrator.fmt import alarms_text, human_bytes, stall_text
+from orchestrator.fmt import alarms_text, human_bytes, ms_text, stall_text
 
 COLUMNS = (
     "NAME",
@@ -21,6 +21,8 @@ COLUMNS = (
     "STATE",
     "GROUP",
     "STALL ms",
+    "FSYNC p99",
+    "RTT",
     "ALARMS",
     "PID",
     "CPU%",
@@ -59,6 +61,8 @@ def row_cells(v: NodeView, lead_commit: int, group: str) -> list[str]:
         v.state,
         group,
         stall_cell(v.loop_stall_p99_ms, v.loop_stall_max_ms),
+        ms_text(v.fsync_p99_ms),
+        ms_text(v.peer_rtt_ms),
         f"[bold red]{alarms_text(v.alarms)}[/]" if v.alarms else "-",
         str(v.pid or "-"),
         f"{v.cpu:.0f}" if v.pid else "-",
@@ -75,6 +79,7 @@ class NodeTable(DataTable[str]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._shown: dict[str, list[str]] = {}  # the cells on screen, by node
 
     def on_mount(self) -> None:
         for c in COLUMNS:
@@ -105,9 +110,13 @@ class NodeTable(DataTable[str]):
         existing = {str(k.value) for k in self.rows}
         for name in existing - rows.keys():
             self.remove_row(name)
+            self._shown.pop(name, None)
         for name, cells in rows.items():
             if name in existing:
-                for col, val in zip(COLUMNS, cells, strict=True):
-                    self.update_cell(name, col, val)
+                before = self._shown.get(name, [])
+                for i, (col, val) in enumerate(zip(COLUMNS, cells, strict=True)):
+                    if i >= len(before) or before[i] != val:  # only what changed: each update re-renders
+                        self.update_cell(name, col, val)
             else:
                 self.add_row(*cells, key=name)
+            self._shown[name] = cells

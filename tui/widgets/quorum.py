@@ -12,7 +12,12 @@ class QuorumView(Static):
     """Renders a QuorumPanel; None (no cluster view yet) leaves the panel as it is."""
 
     panel: var[QuorumPanel | None] = var(None)
+    _shown = ""
 
     def watch_panel(self, panel: QuorumPanel | None) -> None:
-        if panel is not None:
-            self.update("\n".join(panel.lines()))
+        if panel is None:
+            return
+        text = "\n".join(panel.lines())
+        if text != self._shown:  # the panel's box is fixed by the layout: no reflow for new text
+            self._shown = text
+            self.update(text, layout=False)
