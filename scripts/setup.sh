@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(etcd-server etcd-client iptables iproute2 procps e2fsprogs util-linux openssh-server openssh-client)
+want=(etcd-server etcd-client iptables iproute2 procps e2fsprogs util-linux openssh-server openssh-client prometheus)
 need=()
 for p in "${want[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
@@ -23,10 +23,13 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
   systemctl stop etcd || true
 fi
-# nor a system sshd: the SSH tests start their own, inside network namespaces they create
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet ssh 2>/dev/null; then
-  systemctl stop ssh || true
-fi
+# nor a system sshd or Prometheus: the tests start their own (sshd inside namespaces they create,
+# Prometheus on a free port through `orchestrate up --prometheus`)
+for svc in ssh prometheus prometheus-node-exporter; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
