@@ -2,7 +2,7 @@
 
 Everything that talks to the cluster is async (gRPC aio) or runs in a worker
 thread (process signals that wait), so the UI loop never blocks; the view
-refreshes at 4 Hz, the probe writes at 4 Hz, and every key binding calls the
+refreshes once a second (the probe writes as often), and every key binding calls the
 same orchestrator / chaos API as the CLI.
 
 The app owns the data (reactive attributes bound to the widgets in compose, so
