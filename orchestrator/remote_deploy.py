@@ -11,20 +11,20 @@ etcd binary.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.metadata
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
+import zipfile
 from pathlib import Path
 
 from .launcher import package_root
 from .remote import HostConn, RemoteError
 
 NODE_DEPS = ("grpcio", "protobuf", "msgpack", "sortedcontainers", "uvloop", "prometheus_client")
-PACKAGES = ("node", "orchestrator", "chaos", "tui")
+PACKAGES = ("node", "orchestrator", "chaos", "tui", "bench")
 MIN_PYTHON = (3, 11)
 CACHE = Path("~/.cache/quorumlab/deploy").expanduser()
 
@@ -33,7 +33,7 @@ def source_hash() -> str:
     """A hash of every file the wheel is built from: the same hash means the same code on the host."""
     root = package_root()
     h = hashlib.sha256()
-    files = [root / "pyproject.toml"]
+    files = [root / "pyproject.toml"] if (root / "pyproject.toml").exists() else []  # absent when installed
     for pkg in PACKAGES:
         files += sorted(p for p in (root / pkg).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for p in files:
@@ -49,42 +49,52 @@ def _run(cmd: list[str], what: str) -> None:
 
 
 def build_wheel(digest: str) -> Path:
-    """The project's wheel for this source hash (built once, without network or build isolation)."""
+    """The project's wheel for this source hash, cached; written here as a zip (a pure-Python wheel
+    is a zip with a dist-info), so neither the network, setuptools nor `wheel` is needed, and an
+    installed copy of quorumlab deploys as well as a checkout."""
     out = CACHE / f"wheel-{digest}"
     found = sorted(out.glob("quorumlab-*.whl")) if out.is_dir() else []
     if found:
         return found[0]
-    root = package_root()
-    if not (root / "pyproject.toml").exists():
-        raise RemoteError(f"cannot build a wheel: {root} has no pyproject.toml (run from a quorumlab checkout)")
-    with tempfile.TemporaryDirectory(prefix="ql-wheel-") as tmp:
-        src = Path(tmp) / "src"
-        src.mkdir()
-        for f in ("pyproject.toml", "README.md"):
-            if (root / f).exists():
-                shutil.copy(root / f, src / f)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"quorumlab-{_version()}-py3-none-any.whl"
+    tmp = path.with_suffix(".tmp")
+    try:
+        _write_wheel(tmp, package_root(), _version())
+    except OSError as e:
+        raise RemoteError(f"building quorumlab's wheel here: {e}") from None
+    tmp.replace(path)
+    return path
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("quorumlab")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _write_wheel(path: Path, root: Path, version: str) -> None:
+    """PEP 427: the packages' files, then METADATA, WHEEL, entry_points.txt and RECORD (with hashes)."""
+    info = f"quorumlab-{version}.dist-info"
+    records: list[str] = []
+
+    def add(z: zipfile.ZipFile, name: str, data: bytes) -> None:
+        z.writestr(name, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        records.append(f"{name},sha256={digest},{len(data)}")
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         for pkg in PACKAGES:
-            shutil.copytree(root / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        build = Path(tmp) / "wheel"
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--no-deps",
-                "--no-build-isolation",
-                "-q",
-                "-w",
-                str(build),
-                str(src),
-            ],
-            "building quorumlab's wheel here",
-        )
-        out.mkdir(parents=True, exist_ok=True)
-        for w in build.glob("*.whl"):
-            shutil.copy(w, out / w.name)
-    return sorted(out.glob("quorumlab-*.whl"))[0]
+            for f in sorted((root / pkg).rglob("*")):
+                if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
+                    add(z, f.relative_to(root).as_posix(), f.read_bytes())
+        add(z, f"{info}/METADATA", f"Metadata-Version: 2.1\nName: quorumlab\nVersion: {version}\n".encode())
+        wheel = "Wheel-Version: 1.0\nGenerator: quorumlab\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        add(z, f"{info}/WHEEL", wheel.encode())
+        add(z, f"{info}/entry_points.txt", b"[console_scripts]\norchestrate = orchestrator.cli:main\n")
+        records.append(f"{info}/RECORD,,")
+        z.writestr(f"{info}/RECORD", "\n".join(records) + "\n")
 
 
 def wheelhouse(py: str) -> Path:
