@@ -21,13 +21,16 @@ def py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
-def record(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.Popen[bytes]:
-    """Start py-spy on pid in the background (non-blocking sampling: the node is not paused)."""
+def record(pid: int, seconds: float, out: Path, rate: int = 200, gil: bool = True) -> subprocess.Popen[bytes]:
+    """Start py-spy on pid in the background (non-blocking sampling: the node is not paused).
+
+    gil: sample only the thread holding the GIL. The event loop is what limits a node; without it the
+    fsync worker threads (waiting in fdatasync, GIL released) took a third of the samples (round 2)."""
     exe = py_spy()
     if exe is None:
         raise RuntimeError("py-spy is not installed (pip install '.[bench]')")
     cmd = [exe, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-r", str(rate)]
-    cmd += ["-f", "raw", "-o", str(out), "--nonblocking"]
+    cmd += ["-f", "raw", "-o", str(out), "--nonblocking", *(["--gil"] if gil else [])]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -42,14 +42,28 @@ class Ctx:
         )
 
     def fill(self, resp: Any) -> Any:
-        """Complete a response header that the state machine filled with a revision."""
-        rev = resp.header.revision if resp.HasField("header") else None
-        resp.header.CopyFrom(self.header(rev or None))
+        """Complete a response header that the state machine filled with a revision.
+
+        Fields set in place: a new ResponseHeader and CopyFrom per request showed in the put path."""
+        h = resp.header
+        if not h.revision:
+            h.revision = self.sm.store.revision
+        h.cluster_id = self.node.cluster_id
+        h.member_id = self.node.member_id
+        h.raft_term = self.node.term
         return resp
 
     def check_size(self, req: Any) -> None:
         if req.ByteSize() > MAX_REQUEST_BYTES:
             raise EtcdError(Reason.REQUEST_TOO_LARGE)
+
+    def serialized(self, req: Any) -> bytes:
+        """req's wire bytes, refused as check_size does: ByteSize() encodes the message too, so a
+        request that is proposed anyway is encoded once, not twice."""
+        body: bytes = req.SerializeToString()
+        if len(body) > MAX_REQUEST_BYTES:
+            raise EtcdError(Reason.REQUEST_TOO_LARGE)
+        return body
 
     def check_has_leader(self, context: grpc.aio.ServicerContext) -> None:
         md = dict(context.invocation_metadata() or ())

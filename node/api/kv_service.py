@@ -19,6 +19,7 @@ from node.kv.apply import (
     OP_PUT,
     OP_TXN,
     encode,
+    encode_body,
     validate_delete,
     validate_put,
     validate_range,
@@ -116,19 +117,19 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     @grpc_errors
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
-        self.ctx.check_size(request)
+        body = self.ctx.serialized(request)
         validate_put(request)
         await self.ctx.space.admit(request)
-        res = await self.ctx.propose(encode(OP_PUT, request, await self.ctx.auth_info(context)))
+        res = await self.ctx.propose(encode_body(OP_PUT, body, await self.ctx.auth_info(context)))
         return self.ctx.fill(res)
 
     @grpc_errors
     async def DeleteRange(
         self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DeleteRangeResponse:
-        self.ctx.check_size(request)
+        body = self.ctx.serialized(request)
         validate_delete(request)
-        res = await self.ctx.propose(encode(OP_DELETE, request, await self.ctx.auth_info(context)))
+        res = await self.ctx.propose(encode_body(OP_DELETE, body, await self.ctx.auth_info(context)))
         return self.ctx.fill(res)
 
     @grpc_errors

@@ -34,6 +34,10 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.so_reuseport", 0),
+    # gRPC core tuned for throughput over latency: puts/s beside etcd 0.46 -> 0.57 (64 clients) and
+    # 0.43 -> 0.50 (256), CPU per put unchanged (A B A B, docs of issue #13). The stream limit stays
+    # gRPC's default (unbounded, as etcd's --max-concurrent-streams).
+    ("grpc.optimization_target", "throughput"),
 ]
 
 

@@ -145,9 +145,14 @@ def _check_duplicates(ops: Any) -> None:
 
 def encode(op: int, msg: Any, ai: AuthInfo | None = None) -> bytes:
     """An entry: [op, request] or, from an authenticated client, [op, request, user, auth revision]."""
+    return encode_body(op, msg.SerializeToString(), ai)
+
+
+def encode_body(op: int, body: bytes, ai: AuthInfo | None = None) -> bytes:
+    """encode() of a request already serialized (the API encodes it once for its size check)."""
     if ai is None:
-        return msgpack.packb([op, msg.SerializeToString()])
-    return msgpack.packb([op, msg.SerializeToString(), ai.user, ai.revision])
+        return msgpack.packb([op, body])
+    return msgpack.packb([op, body, ai.user, ai.revision])
 
 
 def encode_auth(method: str, msg: Any, ai: AuthInfo | None, extra: str = "") -> bytes:

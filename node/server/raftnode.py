@@ -732,7 +732,8 @@ class RaftNode:
         return await self._submit(req, lambda: self._raft().propose_conf_change(cc), timeout)
 
     async def _submit(self, req: int, action: Callable[[], None], timeout: float | None) -> Any:
-        fut = self._pending.register(req)
+        loop = asyncio.get_running_loop()
+        fut = self._pending.register(req, loop)
 
         def run() -> None:
             try:
@@ -742,9 +743,7 @@ class RaftNode:
 
         self._post(run)
         # a timer instead of wait_for(shield(...)): no extra futures and callbacks per request
-        timer = asyncio.get_running_loop().call_later(
-            timeout or self.cfg.request_timeout, self._pending.fail, req, EtcdError(Reason.TIMEOUT)
-        )
+        timer = loop.call_later(timeout or self.cfg.request_timeout, self._pending.fail, req, EtcdError(Reason.TIMEOUT))
         try:
             return await fut
         except EtcdError:

@@ -24,8 +24,9 @@ class Wait(Generic[K, T]):
     def __init__(self) -> None:
         self._futs: dict[K, asyncio.Future[T]] = {}
 
-    def register(self, key: K) -> asyncio.Future[T]:
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    def register(self, key: K, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[T]:
+        """loop: the caller's running loop if it has it at hand (get_running_loop() is a getpid() syscall)."""
+        fut: asyncio.Future[T] = (loop or asyncio.get_running_loop()).create_future()
         self._futs[key] = fut
         return fut
 
