@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
+import os
 import shlex
 import subprocess
 import sys
@@ -26,7 +27,15 @@ from .remote import HostConn, RemoteError
 NODE_DEPS = ("grpcio", "protobuf", "msgpack", "sortedcontainers", "uvloop", "prometheus_client")
 PACKAGES = ("node", "orchestrator", "chaos", "tui", "bench")
 MIN_PYTHON = (3, 11)
-CACHE = Path("~/.cache/quorumlab/deploy").expanduser()
+CACHE_ENV = "QUORUMLAB_CACHE"  # where built wheels and wheelhouses are kept (tests point it at their tmp dir)
+
+
+def cache_dir() -> Path:
+    """$QUORUMLAB_CACHE, else $XDG_CACHE_HOME/quorumlab/deploy, else ~/.cache/quorumlab/deploy."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(base) / "quorumlab" / "deploy"
 
 
 def source_hash() -> str:
@@ -52,7 +61,7 @@ def build_wheel(digest: str) -> Path:
     """The project's wheel for this source hash, cached; written here as a zip (a pure-Python wheel
     is a zip with a dist-info), so neither the network, setuptools nor `wheel` is needed, and an
     installed copy of quorumlab deploys as well as a checkout."""
-    out = CACHE / f"wheel-{digest}"
+    out = cache_dir() / f"wheel-{digest}"
     found = sorted(out.glob("quorumlab-*.whl")) if out.is_dir() else []
     if found:
         return found[0]
@@ -106,7 +115,7 @@ def wheelhouse(py: str) -> Path:
         except importlib.metadata.PackageNotFoundError:
             continue
     key = hashlib.sha256(("|".join(pins) + py).encode()).hexdigest()[:12]
-    out = CACHE / f"deps-{key}"
+    out = cache_dir() / f"deps-{key}"
     if (out / ".complete").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ into a failure there.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from orchestrator import remote_fw
 from orchestrator.cluster import Cluster
 from orchestrator.ports import port_block
 from orchestrator.remote import RemoteLauncher
-from orchestrator.remote_deploy import source_hash
+from orchestrator.remote_deploy import CACHE_ENV, source_hash
 from orchestrator.state import NodeRecord
 from orchestrator.views import ClusterView
 from tests.sshhosts import SshHosts, sshd_missing
@@ -122,11 +123,18 @@ def node_procs(lab: Lab) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    d = tmp_path_factory.mktemp("ssh")
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(d / "deploy-cache")  # this run's wheels and wheelhouse, never the user's cache
     hosts = SshHosts(3).start()
     try:
-        yield Lab(hosts, tmp_path_factory.mktemp("ssh"))
+        yield Lab(hosts, d)
     finally:
         hosts.close()
+        if old is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = old
         assert not hosts.leftovers()
 
 
