@@ -209,6 +209,8 @@ class RemoteBackend(NetnsBackend):
         if rules and set(by_host) - set(st.fw_hosts):  # recorded before any rule exists: a crash leaves a trace
             st.fw_hosts = sorted(set(st.fw_hosts) | set(by_host))
             self.c.save()
+        for h in st.fw_hosts:
+            by_host.setdefault(h, [])  # a host that once held rules but has no live node now: flushed too
         try:
             for h, hrules in by_host.items():
                 if hrules or h in st.fw_hosts:

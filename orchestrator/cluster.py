@@ -697,10 +697,12 @@ class Cluster:
             for v in views:
                 if v.name in addrs and v.name in self._latencies:
                     v.fsync_p99_ms, v.peer_rtt_ms = self._latencies[v.name]
-        if usage and self.remote is not None:  # CPU since the last poll, from the probe states just made
+        if usage and self.remote is not None:  # CPU since the last poll: a probe over SSH, so in a thread
+            up = [v.name for v in views if v.state != "stopped"]
+            got = await asyncio.to_thread(lambda: {n: self.launcher.usage(st.nodes[n]) for n in up})
             for v in views:
-                if v.state != "stopped":
-                    v.cpu, v.rss = self.launcher.usage(st.nodes[v.name])
+                if v.name in got:
+                    v.cpu, v.rss = got[v.name]
         elif usage:
             await asyncio.sleep(max(0.0, 0.25 - (time.monotonic() - t0)))
             for v in views:

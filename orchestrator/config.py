@@ -558,6 +558,8 @@ LOCAL_HOSTS = ("localhost", "local", "127.0.0.1")
 HOST_KEYS = ("name", "address", "user", "port", "key", "python", "work_dir", "sudo", "deploy")
 _ADDR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+# paths the orchestrator puts into shell commands on a host: nothing a shell would expand
+_PATH_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_./+-]+$")
 
 
 def _host_text(src: str, h: dict[str, yaml.Node], key: str, check: Callable[[str], bool], what: str) -> str:
@@ -587,7 +589,8 @@ def _remote_host(src: str, item: yaml.Node, h: dict[str, yaml.Node], name: str) 
     if "python" in h:
         kw["python"] = _host_text(src, h, "python", lambda v: " " not in v, "a python command or path")
     if "work_dir" in h:
-        kw["work_dir"] = _host_text(src, h, "work_dir", lambda v: " " not in v, "a directory path")
+        what = "a directory path of letters, digits and _ . / + - (relative = in the home)"
+        kw["work_dir"] = _host_text(src, h, "work_dir", _PATH_RE.match, what)  # type: ignore[arg-type]
     for key in ("sudo", "deploy"):
         if key in h:
             try:

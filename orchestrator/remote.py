@@ -105,14 +105,18 @@ class HostConn:
             return conn
 
     def _exec(self, cmd: str, timeout: float) -> tuple[int, str, str]:
+        import paramiko
+
         client = self._conn.client
         try:
             _, out, err = client.exec_command(cmd, timeout=timeout)
             o = out.read().decode(errors="replace")
             e = err.read().decode(errors="replace")
             return out.channel.recv_exit_status(), o, e
-        except (OSError, EOFError) as e:
-            self._conn = None
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            broken, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # its socket and thread go now, not with the process
+                broken.close()
             why = f"no answer within {timeout:g}s" if isinstance(e, TimeoutError) else str(e) or type(e).__name__
             raise RemoteError(f"{self._what()}: the SSH connection broke running `{cmd[:80]}`: {why}") from None
 
@@ -214,7 +218,8 @@ class RemoteLauncher:
         data, rlog, pidf = self.node_paths(rec)
         local_state = cwd.parent.parent  # <state>/data/<node>
         base = self.cluster_dir(rec.host)
-        c.run(f"mkdir -p -m 700 {shlex.quote(data)} {base}/logs {base}/run {base}/files", check=True)
+        q = shlex.quote
+        c.run(f"mkdir -p -m 700 {q(data)} {q(base + '/logs')} {q(base + '/run')} {q(base + '/files')}", check=True)
         args = []
         for a in cmd:
             if a == str(cwd):
@@ -231,9 +236,9 @@ class RemoteLauncher:
         line = " ".join(shlex.quote(a) for a in args)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         script = (
-            f"cd {shlex.quote(data)} || exit 1; printf '\\n=== {stamp} starting: %s\\n' {shlex.quote(line)} >> {rlog}; "
-            f"PYTHONUNBUFFERED=1 setsid nohup {line} >> {rlog} 2>&1 < /dev/null & "
-            f"p=$!; echo $p > {pidf}; s=$(cat /proc/$p/stat) && s=${{s##*) }} && set -- $s && echo $p ${{20}}"
+            f"cd {q(data)} || exit 1; printf '\\n=== {stamp} starting: %s\\n' {q(line)} >> {q(rlog)}; "
+            f"PYTHONUNBUFFERED=1 setsid nohup {line} >> {q(rlog)} 2>&1 < /dev/null & "
+            f"p=$!; echo $p > {q(pidf)}; s=$(cat /proc/$p/stat) && s=${{s##*) }} && set -- $s && echo $p ${{20}}"
         )
         _, out, err = c.run(script, timeout=30, check=True)
         try:
@@ -274,6 +279,8 @@ class RemoteLauncher:
                 elif len(f) == 2 and f[0] == "U":
                     self._uptime[rec.host] = (time.monotonic(), float(f[1]))
             self._probe[rec.host] = (time.monotonic(), infos, hz)
+            pids.intersection_update(infos)  # forget pids that are gone: the probe stays as long as the cluster
+            pids.add(rec.pid)
         info = infos.get(rec.pid)
         if info is None or (rec.create_time and info.start != int(rec.create_time)) or info.state in ("Z", "X"):
             return None

@@ -188,18 +188,19 @@ def deploy(c: HostConn, engine: str) -> tuple[str, bool]:
     digest = source_hash()
     marker = f"{venv}/quorumlab-source"
     ver = check_python(c, h.python)  # also when warm: the cluster.yaml must name a working python
-    code, out, _ = c.run(f"cat {marker} 2>/dev/null", timeout=10)
+    q = shlex.quote
+    code, out, _ = c.run(f"cat {q(marker)} 2>/dev/null", timeout=10)
     if code == 0 and out.strip() == digest:
         return vpy, False  # warm: this code is already there
     wheel = build_wheel(digest)
     deps = wheelhouse(ver)
     up = f"{c.work_dir}/upload"
-    c.run(f"rm -rf {up} && mkdir -p -m 700 {up}", check=True)
+    c.run(f"rm -rf {q(up)} && mkdir -p -m 700 {q(up)}", check=True)
     for f in [wheel, *sorted(deps.glob("*.whl"))]:
         c.put(f, f"{up}/{f.name}", 0o644)
-    c.run(f"[ -x {vpy} ] || {shlex.quote(h.python)} -m venv {venv}", timeout=120, check=True)
+    c.run(f"[ -x {q(vpy)} ] || {q(h.python)} -m venv {q(venv)}", timeout=120, check=True)
     names = " ".join(d for d in NODE_DEPS if any(deps.glob(f"{d}-*.whl")))
-    pip = f"{vpy} -m pip install -q --disable-pip-version-check --no-index --find-links {up}"
-    c.run(f"{pip} {names} && {pip} --no-deps --force-reinstall {up}/{wheel.name}", timeout=600, check=True)
-    c.run(f"echo {digest} > {marker} && rm -rf {up}", check=True)
+    pip = f"{q(vpy)} -m pip install -q --disable-pip-version-check --no-index --find-links {q(up)}"
+    c.run(f"{pip} {names} && {pip} --no-deps --force-reinstall {q(up + '/' + wheel.name)}", timeout=600, check=True)
+    c.run(f"echo {digest} > {q(marker)} && rm -rf {q(up)}", check=True)
     return vpy, True

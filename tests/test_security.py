@@ -23,7 +23,7 @@ import pytest
 from chaos.net import LocalBackend, NetError
 from node.client import Client, ClientError
 from node.pb import admin_pb2, admin_pb2_grpc
-from node.raft import Message, MsgType, Snapshot
+from node.raft import Entry, Message, MsgType, Snapshot
 from node.secret import ADMIN_METADATA_KEY, SecretError, admin_token, load_secret, write_secret
 from node.server.codec import F_HELLO, F_SNAP_CHUNK, msg_to_wire, pack
 from node.server.transport import SNAPSHOT_LIMIT, Transport, authenticate_to
@@ -225,6 +225,31 @@ async def test_a_member_cannot_speak_as_another_member(node_cluster: Make) -> No
     ), log
     assert "wrong proof of the cluster secret" in log
     assert "Traceback" not in log
+
+
+async def test_a_forwarded_proposal_keeps_its_original_sender(node_cluster: Make) -> None:
+    """A member that stopped being leader passes a proposal on with the sender it came from: that is
+    Raft's forwarding, not impersonation. The connection stays open and the proposal is committed."""
+    c = node_cluster(3, secret=SECRET)
+    c.start_all()
+    before = await _settled(c)
+    cid, mids = _ids(c)
+    leader = next(n for n, s in before.items() if s["role"] == "leader")
+    relay, origin = [n for n in c.names if n != leader]
+    prop = Message(
+        MsgType.PROP,
+        to=mids[leader],
+        frm=mids[origin],
+        entries=[Entry(0, 0, data=attack.put_payload(b"forwarded", b"ok"))],
+    )
+    reply = await attack.member_sends(c.peer[leader], SECRET, [F_HELLO, cid, mids[relay], mids[leader]], [prop])
+    assert reply != attack.CLOSED, "a forwarded proposal must not cost the connection"
+    deadline = time.monotonic() + 10
+    async with Client([c.endpoint(leader)], timeout=2.0) as cl:
+        while not (await cl.get("forwarded")).kvs:
+            assert time.monotonic() < deadline, "the forwarded proposal was never committed"
+            await asyncio.sleep(0.1)
+    assert "on the connection of member" not in c.log(leader)
 
 
 async def test_a_member_started_without_the_secret_is_shut_out(node_cluster: Make) -> None:

@@ -57,6 +57,9 @@ def test_remote_hosts_parse_with_placement_and_tls_on() -> None:
         (remote_yaml("    port: 0\n"), "c.yaml:7: hosts[].port", "1..65535"),
         (remote_yaml().replace(str(KEY), "/nonexistent/key"), "c.yaml:6: hosts[].key", "does not exist"),
         (remote_yaml("    usr: x\n"), "c.yaml:7: hosts[].usr", "did you mean 'user'"),
+        # a value that reaches a shell on the host must not be able to run anything there
+        (remote_yaml("    work_dir: /tmp/x;touch${IFS}/tmp/PWNED;#\n"), "c.yaml:7: hosts[].work_dir", "directory path"),
+        (remote_yaml("    work_dir: ~/ql\n"), "c.yaml:7: hosts[].work_dir", "relative = in the home"),
         (remote_yaml(top="tls: false\n"), "c.yaml:3: tls", "TLS stays on"),
         (remote_yaml(top="network: netns\n"), "c.yaml:3: network", "iptables over SSH"),
         ("hosts:\n  - name: h1\n    user: root\n", "c.yaml:2: hosts[].address", "needs an address"),

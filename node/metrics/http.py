@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from .collector import NodeMetrics
@@ -17,6 +18,8 @@ from .collector import NodeMetrics
 log = logging.getLogger("quorumlab.metrics")
 
 MAX_HEADER = 8192
+MAX_CONNS = 64
+HEALTH_CACHE_S = 1.0  # /health costs a ReadIndex round: answered from the last result within this
 HEADER_TIMEOUT_S = 5.0
 CONTENT_TYPE_METRICS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -31,6 +34,7 @@ class MetricsServer:
         self.version = version
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._health: tuple[float, tuple[bool, str]] | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0 picks a free port); returns the port."""
@@ -49,8 +53,19 @@ class MetricsServer:
         task = asyncio.current_task()
         if task is not None:
             self._conns.add(task)
+        if len(self._conns) > MAX_CONNS:  # a flood of scrapers cannot pile up work on the node's loop
+            writer.close()
+            if task is not None:
+                self._conns.discard(task)
+            return
         try:
-            status, ctype, body = await self._respond(reader)
+            try:
+                status, ctype, body = await self._respond(reader)
+            except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+                raise
+            except Exception:  # a bug while answering: logged, and the scraper gets a 500, not a dropped socket
+                log.exception("metrics: error while answering")
+                status, ctype, body = "500 Internal Server Error", "text/plain; charset=utf-8", b"internal error\n"
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n"
@@ -77,7 +92,10 @@ class MetricsServer:
         if target == "/metrics":
             return "200 OK", CONTENT_TYPE_METRICS, self.metrics.exposition()
         if target == "/health":
-            ok, body = await self.health()
+            now = time.monotonic()
+            if self._health is None or now - self._health[0] > HEALTH_CACHE_S:
+                self._health = (now, await self.health())
+            ok, body = self._health[1]
             return ("200 OK" if ok else "503 Service Unavailable"), "text/plain; charset=utf-8", body.encode()
         if target == "/version":
             return "200 OK", "application/json", json.dumps(self.version, separators=(",", ":")).encode()

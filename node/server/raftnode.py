@@ -122,9 +122,16 @@ def tune_gc() -> None:
     recovered at start is frozen (never scanned again); reference counting still frees almost
     everything at once, the collector only finds cycles.
     """
+    global _gc_tuned
+    if _gc_tuned:  # once per process: several members in one process (the tests) must not each pay it
+        return
+    _gc_tuned = True
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+_gc_tuned = False
 
 
 def exit_process(code: int = EXIT_FATAL) -> None:

@@ -67,6 +67,11 @@ from .peer_tls import PeerTLS, describe, is_https
 
 log = logging.getLogger("quorumlab.transport")
 
+# A follower passes these on to the leader with the original sender kept (so a ReadIndex answer
+# reaches the member that asked), and a member that stopped being leader passes them on again: they
+# may name another member than the connection's. Each is only a request the leader may refuse.
+FORWARDED = frozenset({MsgType.PROP, MsgType.READ_INDEX, MsgType.TRANSFER_LEADER})
+
 SNAP_CHUNK = 1 << 20
 QUEUE_LIMIT = 10_000
 BATCH_LIMIT = 512
@@ -641,7 +646,7 @@ class Transport:
                 else:
                     raise CodecError(f"unexpected frame kind {kind!r}")
                 for m in msgs:
-                    if m.frm != peer:
+                    if m.frm != peer and m.type not in FORWARDED:
                         # the sender check: this connection speaks for `peer` only
                         raise WrongSender(f"a message from member {m.frm:x} on the connection of member {peer:x}")
                 if self.faults is not None:
