@@ -10,7 +10,6 @@ import signal
 import sys
 from pathlib import Path
 
-from node.api.admin_service import allow_admin_certificate
 from node.api.context import VERSION
 from node.api.server import ApiServer, PortInUse, ServerTLS
 from node.kv import KVStateMachine
@@ -274,12 +273,17 @@ async def serve(args: argparse.Namespace) -> int:
         fast_failover=args.fast_failover,
         peer_tls=args.peer_tls,
     )
-    if args.admin_cert_cn is not None:
-        allow_admin_certificate(args.admin_cert_cn)
     sm = KVStateMachine(auth_token_ttl=args.auth_token_ttl)
     node = RaftNode(cfg, sm)
     compaction: Retention = args.compaction
-    api = ApiServer(node, sm, args.initial_cluster_token, quota_backend_bytes=args.quota, compaction=compaction)
+    api = ApiServer(
+        node,
+        sm,
+        args.initial_cluster_token,
+        quota_backend_bytes=args.quota,
+        compaction=compaction,
+        admin_cert_cn=args.admin_cert_cn,
+    )
     metrics: MetricsServer | None = None
     try:
         await node.start()

@@ -32,16 +32,6 @@ from .context import Ctx, grpc_errors
 
 T = TypeVar("T")
 
-# the CN of the client certificate Admin accepts without a token (node/__main__.py sets it only for a
-# client port that verifies certificates: grpc passes an unverified certificate's CN through too)
-_admin_cert_cn: bytes | None = None
-
-
-def allow_admin_certificate(cn: str | None) -> None:
-    """Accept Admin calls from a verified client certificate with this common name (None: none)."""
-    global _admin_cert_cn
-    _admin_cert_cn = cn.encode() if cn else None
-
 
 def _rules_pb(rules: list[Rule]) -> admin_pb2.FaultRules:
     return admin_pb2.FaultRules(
@@ -155,14 +145,17 @@ def _cert_common_names(context: grpc.aio.ServicerContext) -> list[bytes]:
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, ctx: Ctx) -> None:
+    def __init__(self, ctx: Ctx, admin_cert_cn: str | None = None) -> None:
+        """admin_cert_cn: also accept a verified client certificate with this common name (node/__main__.py
+        passes it only for a client port that verifies certificates: grpc passes an unverified one's CN too)."""
         self.ctx = ctx
         secret = ctx.node.cfg.peer_secret
         self._token = admin_token(secret) if secret is not None else None
+        self._cert_cn = admin_cert_cn.encode() if admin_cert_cn else None
 
     def check_credential(self, context: grpc.aio.ServicerContext) -> None:
-        if _admin_cert_cn is not None:
-            if _admin_cert_cn in _cert_common_names(context):
+        if self._cert_cn is not None:
+            if self._cert_cn in _cert_common_names(context):
                 return
             if self._token is None:  # a certificate is the only credential this node knows
                 raise EtcdError(Reason.ADMIN_DENIED)

@@ -74,6 +74,7 @@ class ApiServer:
         token: str,
         quota_backend_bytes: int = 0,
         compaction: Retention | None = None,
+        admin_cert_cn: str | None = None,
     ) -> None:
         self.node = node
         self.sm = sm
@@ -88,7 +89,7 @@ class ApiServer:
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.ctx, token), self.server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.ctx), self.server)
         rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(self.ctx), self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.ctx), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.ctx, admin_cert_cn), self.server)
 
     async def start(self, listen: str, tls: ServerTLS | None = None) -> None:
         """Serve on listen (host:port); with tls, only TLS connections (https://)."""
