@@ -335,6 +335,74 @@ async def test_leader_appends_go_out_while_it_persists(driven: Make) -> None:
     _check_sent_only_what_is_durable(d.journal)
 
 
+# -- linearizable reads share ReadIndex rounds ------------------------------------------------------
+async def _elected(d: Driven) -> None:
+    await d.settle()
+    d.node.campaign()
+    await d.settle()
+    d.deliver(Message(MsgType.VOTE_RESP, to=1, frm=2, term=2))
+    await d.settle()
+    assert d.raft.role == Role.LEADER
+    d.deliver(Message(MsgType.APP_RESP, to=1, frm=2, term=2, index=d.raft.log.last_index()))
+    await d.settle()  # the leader's first entry of the term is committed: it may serve reads
+
+
+def _read_rounds(d: Driven) -> list[bytes]:
+    """The contexts of the ReadIndex heartbeat rounds the leader sent, in order, once each."""
+    seen: list[bytes] = []
+    for m, _ in d.journal.sends(MsgType.HEARTBEAT):
+        if m.context and m.context not in seen:
+            seen.append(m.context)
+    return seen
+
+
+async def test_reads_share_a_round_but_never_one_that_started_before_them(driven: Make) -> None:
+    """One heartbeat round serves every read that arrived while the previous round was in flight,
+    and a read never takes the index of a round sent before it arrived: a write acknowledged in
+    between would be missing from it (a stale read)."""
+    d = driven([1, 2, 3])
+    await _elected(d)
+    first = asyncio.create_task(d.node.read_barrier(2.0))
+    await d.settle()
+    [ctx_a] = _read_rounds(d)
+    # a write commits while the first round is in flight; then three more reads arrive
+    write = asyncio.create_task(d.node.propose(b"w", timeout=2.0))
+    await d.settle()
+    w = d.raft.log.last_index()
+    d.deliver(Message(MsgType.APP_RESP, to=1, frm=2, term=2, index=w))
+    await d.settle()
+    assert write.done() and d.node.applied >= w  # acknowledged
+    later = [asyncio.create_task(d.node.read_barrier(2.0)) for _ in range(3)]
+    await d.settle()
+    assert _read_rounds(d) == [ctx_a], "a second round went out while the first was in flight"
+    d.deliver(Message(MsgType.HEARTBEAT_RESP, to=1, frm=2, term=2, context=ctx_a))
+    await d.settle()
+    assert first.done() and first.result() < w
+    assert not any(t.done() for t in later), "a read took the index of a round sent before it arrived"
+    rounds = _read_rounds(d)
+    assert len(rounds) == 2, rounds  # one round for the three later reads
+    d.deliver(Message(MsgType.HEARTBEAT_RESP, to=1, frm=3, term=2, context=rounds[1]))
+    await d.settle()
+    assert [t.result() for t in later] == [w, w, w]
+    assert d.node._read_rounds.rounds == 2
+
+
+async def test_a_lost_round_is_resent_and_a_read_times_out_alone(driven: Make) -> None:
+    d = driven([1, 2, 3])
+    await _elected(d)
+    read = asyncio.create_task(d.node.read_barrier(3.0))
+    await asyncio.sleep(1.2)  # nobody answers: the round goes out again every READ_RETRY_S
+    rounds = _read_rounds(d)
+    assert len(rounds) == 1 and not read.done()
+    sent = [m for m, _ in d.journal.sends(MsgType.HEARTBEAT) if m.context == rounds[0]]
+    assert len(sent) >= 4, sent  # to both followers, at least twice
+    d.deliver(Message(MsgType.HEARTBEAT_RESP, to=1, frm=2, term=2, context=rounds[0]))
+    await d.settle()
+    assert read.done() and read.result() >= 1
+    with pytest.raises(EtcdError, match="timed out"):
+        await d.node.read_barrier(0.2)  # no answer at all: this read fails by its own deadline
+
+
 # -- failures are loud ----------------------------------------------------------------------------
 async def test_disk_full_releases_the_reserve_raises_the_hook_and_retries(driven: Make) -> None:
     d = driven([1, 2, 3])

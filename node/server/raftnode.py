@@ -78,6 +78,7 @@ from .membership import (
     ctx_request,
     peer_urls_payload,
 )
+from .readloop import ReadRounds
 from .snapshotter import Snapshotter, unpack_envelope
 from .transport import Transport
 from .waits import Wait, WaitApplied
@@ -96,6 +97,7 @@ MAX_APPLY_LAG = 5000  # etcd: "too many requests" beyond this commit-apply gap
 # before it lets heartbeats, peer messages and replies through (a backlog of big txns
 # would otherwise hold it for as long as the whole backlog takes).
 APPLY_BUDGET_S = 0.01
+READ_RETRY_S = 0.5  # a ReadIndex round is resent this often (etcd's readIndexRetryTime)
 # what a proposer is told when the core drops its proposal (etcd's texts)
 _DROPPED = {
     DropReason.NO_LEADER: Reason.NO_LEADER,
@@ -161,7 +163,8 @@ class RaftNode:
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[None]] = set()  # unawaited tasks, referenced until done
         self._pending: Wait[int, Any] = Wait()  # proposals by request seq, resolved when applied here
-        self._reads: Wait[bytes, int] = Wait()  # ReadIndex requests by context, resolved with the read index
+        # linearizable reads, one ReadIndex round for all that arrived before it (resolved by ReadStates)
+        self._read_rounds = ReadRounds(self._send_read_index, READ_RETRY_S, lambda: self.cfg.request_timeout)
         self._applied_waits = WaitApplied()
         self._seq = itertools.count(random.getrandbits(62))
         self._stopping = False
@@ -455,7 +458,7 @@ class RaftNode:
             self._restore_snapshot(rd.snapshot)
             self._apply_committed(rd)
         for rs in rd.read_states:
-            self._reads.trigger(rs.context, rs.index)
+            self._read_rounds.resolve(rs.context, rs.index)
         r.advance(rd)
         self.committed = r.committed_index
         if rd.committed_entries or rd.snapshot is not None:
@@ -601,7 +604,7 @@ class RaftNode:
             for cb in self.on_leader_change:
                 cb(old, lead)
             if lead == NONE:
-                self._reads.fail_all(lambda: EtcdError(Reason.LEADER_CHANGED))
+                self._read_rounds.fail_current(Reason.LEADER_CHANGED)
         self.term = self.raft.term
         if lead != NONE and not self.published:
             self._post(self._publish)
@@ -699,7 +702,7 @@ class RaftNode:
 
     def _fail_all(self, why: Reason) -> None:
         self._pending.fail_all(lambda: EtcdError(why))
-        self._reads.fail_all(lambda: EtcdError(why))
+        self._read_rounds.close(why)
 
     # ------------------------------------------------------------------
     # client-facing operations
@@ -762,31 +765,32 @@ class RaftNode:
                 self._pending.forget(req)  # the caller went away: a later apply finds nobody waiting
 
     async def read_barrier(self, timeout: float | None = None) -> int:
-        """ReadIndex: returns once this node has applied everything committed before the call."""
+        """ReadIndex: returns once this node has applied everything committed before the call.
+
+        Reads share rounds (node/server/readloop.py): one ReadIndex for all reads that arrived
+        while the previous round was in flight."""
         self._check_serving()
         if self.lead == NONE:
             raise EtcdError(Reason.NO_LEADER)
         t = timeout or self.cfg.request_timeout
         deadline = time.monotonic() + t
-        ctx = os.urandom(8)
-        fut = self._reads.register(ctx)
-
-        def run() -> None:
-            try:
-                self._raft().read_index(ctx)
-            except ProposalDropped:
-                self._reads.fail(ctx, EtcdError(Reason.NO_LEADER))
-
-        self._post(run)
-        timer = asyncio.get_running_loop().call_later(t, self._reads.fail, ctx, EtcdError(Reason.TIMEOUT))
+        fut = self._read_rounds.join()
+        timer = asyncio.get_running_loop().call_later(t, _fail_future, fut, Reason.TIMEOUT)
         try:
             index = await fut
         finally:
             timer.cancel()
-            if not fut.done() or fut.cancelled():
-                self._reads.forget(ctx)
         await self.wait_applied(index, max(0.001, deadline - time.monotonic()))
         return index
+
+    def _send_read_index(self, ctx: bytes) -> None:
+        def run() -> None:
+            try:
+                self._raft().read_index(ctx)
+            except ProposalDropped:
+                self._read_rounds.fail(ctx, Reason.NO_LEADER)
+
+        self._post(run)
 
     async def transfer_leadership(self, target: int, timeout: float | None = None) -> None:
         if self.lead == NONE:
