@@ -15,7 +15,7 @@ from typing import Any
 from orchestrator.cluster import OrchestrateError
 
 from .loadgen import OPS
-from .matrix import ENGINES, BenchOptions, run_bench
+from .matrix import ALL_ENGINES, ENGINES, BenchOptions, run_bench
 
 
 def _list(kind: Callable[[str], Any], allowed: tuple[Any, ...] | None = None) -> Callable[[str], tuple[Any, ...]]:
@@ -42,7 +42,12 @@ def add_parsers(sub: Any) -> None:
         "bench",
         help="throughput, latency, failover, up time and memory: quorumlab beside real etcd (A B A B)",
     )
-    b.add_argument("--engines", type=_list(str, ENGINES), default=ENGINES, help="builtin,etcd (default both)")
+    b.add_argument(
+        "--engines",
+        type=_list(str, ALL_ENGINES),
+        default=ENGINES,
+        help="builtin,etcd (default), floor: bare grpc.aio servers answering constants, the most Python can serve",
+    )
     b.add_argument("--nodes", "-n", type=_list(int), default=(1, 3), help="cluster sizes (default 1,3)")
     b.add_argument("--ops", type=_list(str, OPS), default=OPS, help="put,get,sget,txn (get is linearizable)")
     b.add_argument("--clients", type=_list(int), default=(1, 16, 64, 256), help="concurrent requests (1,16,64,256)")
@@ -104,29 +109,38 @@ def _f(x: Any, nd: int = 1) -> str:
     return f"{x:,.{nd}f}"
 
 
+# (key in a cell, engine divided by, column label): builtin / that engine, from the medians shown
+RATIOS = (("ratio", "etcd", "ratio"), ("ratio_floor", "floor", "/floor"))
+
+
 def render(doc: dict[str, Any]) -> str:
     engines = doc["options"]["engines"]
     head = ["NODES", "OP", "CLIENTS"]
     for e in engines:
-        head += [f"{e} ops/s", "p50", "p90", "p99", "max", "cpu/op"]
-    both = "builtin" in engines and "etcd" in engines
-    if both:
-        head += ["ratio ops/s", "ratio p99", "ratio cpu/op"]
+        # the floor's own latency spread says little: its throughput, p99 and CPU are the reference
+        head += (
+            [f"{e} ops/s", "p99", "cpu/op"] if e == "floor" else [f"{e} ops/s", "p50", "p90", "p99", "max", "cpu/op"]
+        )
+    ratios = [r for r in RATIOS if "builtin" in engines and r[1] in engines]
+    for _, _, label in ratios:
+        head += [f"{label} ops/s", f"{label} p99", f"{label} cpu/op"]
     rows = []
     for c in doc["cells"]:
         row = [str(c["nodes"]), c["op"], str(c["clients"])]
         for e in engines:
             m = c.get(e, {})
-            row += [_f(m.get("ops_per_s"), 0)] + [_f(m.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")]
+            shown = ("p99_ms",) if e == "floor" else ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+            row += [_f(m.get("ops_per_s"), 0)] + [_f(m.get(k)) for k in shown]
             row += [_f(m.get("cpu_ms_per_op"), 3)]
-        if both:
-            r = c.get("ratio", {})
+        for key, _, _ in ratios:
+            r = c.get(key, {})
             row += [_f(r.get("ops_per_s"), 2), _f(r.get("p99_ms"), 2), _f(r.get("cpu_ms_per_op"), 2)]
         rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    legend = ", ".join(f"{label} = builtin / {other}" for _, other, label in ratios)
     out = [
-        "latencies in ms, medians over rounds; cpu/op = CPU ms of all nodes per operation; "
-        "ratio = builtin / etcd (same run)"
+        "latencies in ms, medians over rounds; cpu/op = CPU ms of all nodes per operation"
+        + (f"; {legend} (same run)" if legend else "")
     ]
     out.append("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
     out += ["  ".join(x.rjust(w) for x, w in zip(r, widths, strict=True)) for r in rows]
@@ -146,6 +160,7 @@ def render(doc: dict[str, Any]) -> str:
                 f"usage {e} {n}n: RSS max per node {_f(u['rss_mb_max'])} MB, "
                 f"CPU median per node {_f(u['cpu_pct_median_per_node'])}% (100% = one core)"
             )
+    out += [f"note: {n}" for n in doc.get("notes", [])]
     if "profile" in doc:
         out.append(f"profile of our leader ({doc['profile']['stacks']}), top self:")
         out += [f"  {pct:5.1f}%  {name}" for name, pct in doc["profile"]["self"][:10]]

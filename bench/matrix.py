@@ -6,6 +6,11 @@ engines, so drift in a shared machine's load lands on both. Medians per engine, 
 computed from those medians. Then failover after kill -9 of the leader (median of rounds,
 alternating), `up` → writable (the real CLI in a subprocess, alternating), and per-node RSS and
 CPU sampled around each load phase.
+
+Engine `floor` (bench/floor.py, opt-in): per node a bare grpc.aio server answering constants, the
+most any Python grpc.aio node could serve here; its cells run in the same alternation and its
+cpu/op is counted the same way, so builtin/floor says how much of our cost is gRPC in Python
+itself. It has no leader and no `up`: failover and up → writable skip it.
 """
 
 from __future__ import annotations
@@ -28,10 +33,15 @@ from node.client import ClientError
 from orchestrator.cluster import Cluster
 
 from .common import cluster
+from .floor import FloorCluster, floor_cluster
 from .loadgen import OPS, run_load_async
 from .profile import record, top
 
-ENGINES = ("builtin", "etcd")
+ENGINES = ("builtin", "etcd")  # the default
+ALL_ENGINES = (*ENGINES, "floor")
+CLUSTERED = ENGINES  # engines with a leader to kill and an `up` to time
+FLOOR_NOTE = "floor: bare grpc.aio servers answering constants (no Raft, no storage); no failover or up → writable"
+Target = Cluster | FloorCluster
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -85,7 +95,15 @@ class Sample:
     rss_mb: dict[str, float] = field(default_factory=dict)
 
 
-def _procs(c: Cluster) -> dict[str, psutil.Process]:
+def _endpoints(c: Target) -> list[str]:
+    if isinstance(c, FloorCluster):
+        return list(c.endpoints)
+    return [c.st.nodes[x].endpoint for x in c.st.live_names()]
+
+
+def _procs(c: Target) -> dict[str, psutil.Process]:
+    if isinstance(c, FloorCluster):
+        return c.procs()
     out = {}
     for name in c.st.live_names():
         pid = c.st.nodes[name].pid
@@ -118,13 +136,13 @@ async def _leader_pid(c: Cluster) -> tuple[str, int]:
 
 
 async def _load_cell(
-    c: Cluster, engine: str, n: int, op: str, clients: int, o: BenchOptions, prof: Path | None
+    c: Target, engine: str, n: int, op: str, clients: int, o: BenchOptions, prof: Path | None
 ) -> Sample:
-    eps = [c.st.nodes[x].endpoint for x in c.st.live_names()]
+    eps = _endpoints(c)
     ps = _procs(c)
     before = _usage(ps)
     spy = None
-    if prof is not None:
+    if prof is not None and isinstance(c, Cluster):
         _, pid = await _leader_pid(c)
         spy = record(pid, o.seconds, prof) if pid else None
     t0 = time.monotonic()
@@ -197,16 +215,23 @@ async def _up_once(engine: str, nodes: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _clusters(engines: tuple[str, ...], n: int) -> AsyncIterator[dict[str, Cluster]]:
+async def _clusters(engines: tuple[str, ...], n: int, value_size: int) -> AsyncIterator[dict[str, Target]]:
+    """One throwaway cluster per engine (floor: N bare servers), all torn down on exit, whatever happens."""
     async with contextlib.AsyncExitStack() as stack:
-        out = {e: await stack.enter_async_context(cluster(e, n)) for e in engines}
+        out: dict[str, Target] = {}
+        for e in engines:
+            if e == "floor":
+                out[e] = await stack.enter_async_context(floor_cluster(n, value_size))
+            else:
+                out[e] = await stack.enter_async_context(cluster(e, n))
         yield out
 
 
 def _total_steps(o: BenchOptions) -> int:
     cells = len(o.nodes) * len(o.ops) * len(o.clients) * o.rounds * len(o.engines)
-    fail = o.failover_rounds * len(o.engines) if 3 in o.nodes or max(o.nodes) >= 3 else 0
-    return cells + fail + o.up_rounds * len(o.engines) + len(o.nodes)
+    clustered = len([e for e in o.engines if e in CLUSTERED])
+    fail = o.failover_rounds * clustered if max(o.nodes) >= 3 else 0
+    return cells + fail + o.up_rounds * clustered + len(o.nodes)
 
 
 async def run_bench(o: BenchOptions, say: Callable[[int, int, str], None]) -> dict[str, Any]:
@@ -216,14 +241,15 @@ async def run_bench(o: BenchOptions, say: Callable[[int, int, str], None]) -> di
     failover: dict[str, list[float]] = {e: [] for e in o.engines}
     up: dict[str, list[float]] = {e: [] for e in o.engines}
     heavy = ("put", max(o.clients), max(o.nodes))
+    clustered = [e for e in o.engines if e in CLUSTERED]
     for n in o.nodes:
         prog.step(f"starting {'+'.join(o.engines)} ({n} node{'s' if n > 1 else ''})")
-        async with _clusters(o.engines, n) as cs:
+        async with _clusters(o.engines, n, o.value_size) as cs:
             prog.advance()
             if any(op != "put" for op in o.ops):  # reads and txns find their keys
-                for c in cs.values():
-                    eps = [c.st.nodes[x].endpoint for x in c.st.live_names()]
-                    await run_load_async(eps, "put", 64, 1.0, o.value_size, o.procs)
+                for e, c in cs.items():
+                    if e != "floor":  # constant answers need no keys
+                        await run_load_async(_endpoints(c), "put", 64, 1.0, o.value_size, o.procs)
             for op in o.ops:
                 for clients in o.clients:
                     for r in range(o.rounds):
@@ -236,12 +262,14 @@ async def run_bench(o: BenchOptions, say: Callable[[int, int, str], None]) -> di
                             prog.advance()
             if n == max(o.nodes) and n >= 3:
                 for r in range(o.failover_rounds):
-                    for e in o.engines:
+                    for e in clustered:
+                        c = cs[e]
+                        assert isinstance(c, Cluster)
                         prog.step(f"{e} failover after kill -9 ({r + 1}/{o.failover_rounds})")
-                        failover[e].append(await _failover_once(cs[e]))
+                        failover[e].append(await _failover_once(c))
                         prog.advance()
     for r in range(o.up_rounds):
-        for e in o.engines:
+        for e in clustered:
             prog.step(f"{e} up → writable, {o.up_nodes} nodes ({r + 1}/{o.up_rounds})")
             up[e].append(await _up_once(e, o.up_nodes))
             prog.advance()
@@ -275,12 +303,12 @@ def summarise(
                         },
                         "rss_mb": {k: max(s.rss_mb.get(k, 0.0) for s in mine) for k in mine[0].rss_mb},
                     }
-                if "builtin" in cell and "etcd" in cell:
-                    cell["ratio"] = {
-                        "ops_per_s": _ratio(cell["builtin"]["ops_per_s"], cell["etcd"]["ops_per_s"]),
-                        "p99_ms": _ratio(cell["builtin"]["p99_ms"], cell["etcd"]["p99_ms"]),
-                        "cpu_ms_per_op": _ratio(cell["builtin"]["cpu_ms_per_op"], cell["etcd"]["cpu_ms_per_op"]),
-                    }
+                for key, other in (("ratio", "etcd"), ("ratio_floor", "floor")):
+                    if "builtin" in cell and other in cell:  # builtin / other, from the medians shown
+                        cell[key] = {
+                            k: _ratio(cell["builtin"][k], cell[other][k])
+                            for k in ("ops_per_s", "p99_ms", "cpu_ms_per_op")
+                        }
                 cells.append(cell)
     usage: dict[str, Any] = {}
     for e in o.engines:
@@ -298,6 +326,8 @@ def summarise(
         "up_s": _timing(up),
         "usage": usage,
     }
+    if "floor" in o.engines:
+        doc["notes"] = [FLOOR_NOTE]
     if o.profile and o.profile.exists():
         doc["profile"] = {"stacks": str(o.profile), **top(o.profile, 15)}
     return doc
