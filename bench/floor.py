@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -69,27 +70,41 @@ class FloorCluster:
                         stream.close()
 
 
+def _give_up(p: subprocess.Popen[bytes]) -> None:
+    """Kill a child that did not come up, reap it and close our ends of its pipes."""
+    p.kill()  # also unblocks a thread still reading its stdout (EOF)
+    p.wait()
+    for stream in (p.stdin, p.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
 async def _start_one(value_size: int) -> tuple[subprocess.Popen[bytes], str]:
-    p = subprocess.Popen(
-        [sys.executable, "-m", "bench.floor", "--value-size", str(value_size), "--tag", f"{TAG}-{os.getpid()}"],
-        cwd=REPO,
-        stdin=subprocess.PIPE,  # our end closing (we exit, however) tells the child to go
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert p.stdout is not None
-    try:
-        line = await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), READY_TIMEOUT)
-    except TimeoutError:
-        p.kill()  # unblocks the reading thread (EOF)
-        raise RuntimeError(f"floor server did not start within {READY_TIMEOUT:.0f} s") from None
-    except BaseException:
-        p.kill()
-        raise
-    parts = line.decode(errors="replace").split()
-    if len(parts) != 2 or parts[0] != "port" or not parts[1].isdigit():
-        p.kill()
-        raise RuntimeError(f"floor server failed to start (exit {p.wait()}): {line!r}")
+    # stderr to a file, not a pipe nobody drains: read only when the child fails to start
+    with tempfile.TemporaryFile() as errf:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", "--value-size", str(value_size), "--tag", f"{TAG}-{os.getpid()}"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,  # our end closing (we exit, however) tells the child to go
+            stdout=subprocess.PIPE,
+            stderr=errf,
+        )
+        assert p.stdout is not None
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(p.stdout.readline), READY_TIMEOUT)
+        except TimeoutError:
+            _give_up(p)
+            raise RuntimeError(f"floor server did not start within {READY_TIMEOUT:.0f} s") from None
+        except BaseException:
+            _give_up(p)
+            raise
+        parts = line.decode(errors="replace").split()
+        if len(parts) != 2 or parts[0] != "port" or not parts[1].isdigit():
+            _give_up(p)
+            errf.seek(0)
+            why = errf.read().decode(errors="replace").strip().splitlines()[-1:] or [repr(line)]
+            raise RuntimeError(f"floor server failed to start (exit {p.returncode}): {why[0]}")
     return p, f"127.0.0.1:{parts[1]}"
 
 

@@ -6,6 +6,7 @@ the ratios are the ones computed from the numbers shown, and nothing it started 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -71,6 +72,9 @@ def _watch(p: subprocess.Popen[str], timeout: float) -> tuple[set[_Seen], tuple[
     reader.join(max(0.0, deadline - time.monotonic()))
     if "io" not in box:
         p.kill()
+        for s in seen:  # its nodes and workers too: a hung bench must not leak them into the suite
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(s.pid, signal.SIGKILL)
         pytest.fail("bench did not finish in time")
     return seen, box["io"]
 

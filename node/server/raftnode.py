@@ -605,6 +605,8 @@ class RaftNode:
                 cb(old, lead)
             if lead == NONE:
                 self._read_rounds.fail_current(Reason.LEADER_CHANGED)
+            else:
+                self._read_rounds.leader_changed()
         self.term = self.raft.term
         if lead != NONE and not self.published:
             self._post(self._publish)

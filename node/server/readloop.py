@@ -5,9 +5,11 @@ follower and an answer from each (and, on a follower, a forwarded request to the
 3,000 reads/s that was most of the Raft traffic. Here at most one round is in flight; reads
 that arrive meanwhile wait for the next round, never the current one: the current round's
 read index may predate a write such a reader already saw acknowledged (that would be a stale
-read). A round's request is resent every `retry_s` with the same context, because a request
-forwarded to the leader can be lost (the answer to either copy is valid: both were sent after
-every reader of the round arrived).
+read). A round's request is resent every `retry_s`, and at once when the leader changes, because a
+request forwarded to the leader can be lost (the answer to any copy is valid: all were sent after
+every reader of the round arrived). Each copy has a context of its own: on the leader, a late
+heartbeat answer for an earlier copy would otherwise confirm a later copy, and with it every read
+queued before that copy, without any answer sent after those reads (etcd-io/etcd#20418).
 
 The Raft loop resolves rounds directly (`resolve`, `fail`), without a future of its own in
 between: each extra future is one more event-loop turn on every read.
@@ -30,7 +32,8 @@ class ReadRounds:
         self._retry_s = retry_s
         self._timeout_s = timeout_s
         self._next: list[asyncio.Future[int]] = []  # readers waiting for the next round
-        self._ctx: bytes | None = None  # the round in flight ...
+        self._ctx: bytes | None = None  # the round in flight (its first context) ...
+        self._ctxs: set[bytes] = set()  # ... every context it was sent with ...
         self._readers: list[asyncio.Future[int]] = []  # ... and its readers
         self._timers: tuple[asyncio.TimerHandle, ...] = ()
         self.rounds = 0  # rounds sent (status and tests)
@@ -49,12 +52,17 @@ class ReadRounds:
 
     def resolve(self, ctx: bytes, index: int) -> None:
         """Raft confirmed the round with this context at `index` (a ReadState)."""
-        if ctx == self._ctx:
+        if ctx in self._ctxs:
             self._end(index, None)
 
     def fail(self, ctx: bytes, why: Reason) -> None:
-        if ctx == self._ctx:
+        if ctx in self._ctxs:
             self._end(0, why)
+
+    def leader_changed(self) -> None:
+        """A new leader: the old one dropped the round when it stepped down, so send it again now."""
+        if self._ctx is not None:
+            self._resend(self._ctx)
 
     def fail_current(self, why: Reason) -> None:
         """The leader is gone: the round in flight cannot be answered any more."""
@@ -77,7 +85,7 @@ class ReadRounds:
             return
         loop = asyncio.get_running_loop()
         ctx = os.urandom(8)
-        self._ctx, self._readers = ctx, readers
+        self._ctx, self._ctxs, self._readers = ctx, {ctx}, readers
         self.rounds += 1
         self._timers = (
             loop.call_later(self._retry_s, self._resend, ctx),
@@ -88,14 +96,17 @@ class ReadRounds:
     def _resend(self, ctx: bytes) -> None:
         if self._ctx != ctx:
             return
-        self._send(ctx)
+        copy = os.urandom(8)  # never the same context twice (see the module's docstring)
+        self._ctxs.add(copy)
+        self._send(copy)
+        self._timers[0].cancel()
         retry = asyncio.get_running_loop().call_later(self._retry_s, self._resend, ctx)
         self._timers = (retry, *self._timers[1:])
 
     def _end(self, index: int, why: Reason | None) -> None:
         for t in self._timers:
             t.cancel()
-        readers, self._readers, self._ctx, self._timers = self._readers, [], None, ()
+        readers, self._readers, self._ctx, self._ctxs, self._timers = self._readers, [], None, set(), ()
         for r in readers:
             if r.done():
                 continue
