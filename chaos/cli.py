@@ -12,18 +12,19 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import flag_type
 from orchestrator.context import Ctx
 
-from . import experiment as exp
-from .faults import Chaos, FaultError
-from .history import APPEND, load_all
-from .net import NetError, cleanup_all
+if TYPE_CHECKING:  # the verbs import their modules when they run: every `orchestrate` start builds this parser
+    from .faults import Chaos
 
 
 async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:
+    from .faults import Chaos, FaultError
+    from .net import NetError, cleanup_all
+
     if a.chaos_cmd == "cleanup":
         removed = await asyncio.to_thread(cleanup_all)
         c = ctx.cluster() if ctx.cluster().dir.exists() else None
@@ -53,6 +54,8 @@ async def cmd_chaos(ctx: Ctx, a: argparse.Namespace) -> int:
 
 
 async def _apply(ch: Chaos, a: argparse.Namespace) -> str:
+    from .faults import FaultError
+
     k = a.chaos_cmd
     if k == "partition":
         groups = [g.split(",") for g in a.groups]
@@ -89,6 +92,8 @@ async def _apply(ch: Chaos, a: argparse.Namespace) -> str:
 
 
 async def cmd_experiment(ctx: Ctx, a: argparse.Namespace) -> int:
+    from . import experiment as exp
+
     if a.exp_cmd == "list":
         for name, desc in exp.list_builtin():
             print(f"{name:24} {desc}")
@@ -142,6 +147,9 @@ class _Progress:
 
 async def cmd_check(ctx: Ctx, a: argparse.Namespace) -> int:
     """Check a history file of any workload kind (found from its records), and its watch records."""
+    from . import experiment as exp
+    from .history import APPEND, load_all
+
     try:
         rec = load_all(Path(a.history))
     except (OSError, ValueError) as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 from node.client import Client, ClientError, ClientTLS, Reason
 from node.secret import SecretError
 
-from . import prometheus, targets
+from . import targets
 from .config import ClusterConfig
 from .engines import Engine, engine_for
 from .launcher import LocalLauncher
@@ -49,6 +49,11 @@ class OrchestrateError(Exception):
 REMOTE_METRICS_OFFSET = 1000
 SCRAPE_TIMEOUT_S = 0.5  # status and the dashboard read each node's /metrics this long at most
 SCRAPE_EVERY_S = 2.0  # a dashboard polling at 4 Hz re-reads the metrics this often (p99s move slowly)
+# wait_ready's pause between views once every node answers: a leader is often known 0.06-0.2 s after
+# the last node serves, and at 0.2 s `up` sat a median ~100 ms past it (bench/startup.py). While nodes
+# still start, a view (~5 ms of the CLI's CPU) competes with their imports: poll those less often.
+READY_POLL_S = 0.05
+READY_POLL_STARTING_S = 0.15
 
 Latencies = dict[str, tuple[float | None, float | None]]  # node -> (fsync p99 ms, peer RTT ms)
 
@@ -57,6 +62,7 @@ def _scrape_all(addrs: dict[str, str], timeout: float) -> Latencies:
     """Every node's fsync p99 and peer RTT from its /metrics at once, read and parsed in threads."""
     if not addrs:
         return {}
+    from . import prometheus  # urllib and yaml: status and the dashboard need it, `up` does not
 
     def one(addr: str) -> tuple[float | None, float | None]:
         text = prometheus.scrape(addr, timeout)
@@ -488,7 +494,8 @@ class Cluster:
                 except ClientError as e:
                     missing = f"a write through {e.endpoint or 'the cluster'} failed: {e}"
                     say(f"write not yet accepted: {e}")
-            await asyncio.sleep(0.2)
+            # nodes still starting are importing on the same cores: polling them fast only slows them
+            await asyncio.sleep(READY_POLL_S if up == len(view.nodes) else READY_POLL_STARTING_S)
         raise OrchestrateError(self.diagnose(view, timeout, missing))
 
     def _check_one_cluster(self, view: ClusterView) -> None:
@@ -1008,6 +1015,8 @@ class Cluster:
     # -- Prometheus -----------------------------------------------------------------------------------
     @staticmethod
     def _prometheus_binary() -> str:
+        from . import prometheus
+
         try:
             return prometheus.binary()
         except prometheus.PrometheusError as e:
@@ -1024,6 +1033,8 @@ class Cluster:
 
     def _write_scrape_config(self) -> None:
         """Every live node's metrics address (the hosts' addresses for a remote cluster), written atomically."""
+        from . import prometheus
+
         st = self.st
         targets_ = {n: st.nodes[n].metrics_addr for n in st.live_names() if st.nodes[n].metrics_port}
         d = self.dir.prom_dir
@@ -1033,6 +1044,8 @@ class Cluster:
 
     async def start_prometheus(self, progress: Callable[[str], None] | None = None) -> str:
         """Start Prometheus on a free 127.0.0.1 port with data in the state dir (or reload a running one)."""
+        from . import prometheus
+
         say = progress or (lambda s: None)
         st = self.st
         if st.prom is not None and self.prometheus_running():

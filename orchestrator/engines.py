@@ -15,14 +15,16 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from node.client import Client, ClientError, Reason
 from node.pb import rpc_pb2
 
-from .pki import ADMIN_CN, ClusterPKI
 from .state import ClusterState, NodeRecord
 from .views import NodeView, RaftDetail
+
+if TYPE_CHECKING:  # cryptography, imported by pki, is only needed for a TLS cluster
+    from .pki import ClusterPKI
 
 
 class EngineError(Exception):
@@ -162,6 +164,8 @@ class BuiltinEngine:
 
     def tls_flags(self, st: ClusterState, rec: NodeRecord, pki: ClusterPKI) -> list[str]:
         # the orchestrator's client certificate is an Admin credential on its own (no token needed)
+        from .pki import ADMIN_CN
+
         return [*_tls_files(st, rec, pki), "--admin-cert-cn", ADMIN_CN]
 
     async def status(self, c: Client, rec: NodeRecord, v: NodeView, ids: dict[str, str]) -> None:

@@ -16,13 +16,15 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.client import ClientTLS
 from node.secret import load_secret, write_secret
 
 from .config import DEFAULT_COMPACTION_MODE, DEFAULT_COMPACTION_RETENTION, DEFAULT_QUOTA_BACKEND_BYTES, Host
-from .pki import ClusterPKI
+
+if TYPE_CHECKING:
+    from .pki import ClusterPKI
 
 
 @dataclass
@@ -238,10 +240,21 @@ class StateDir:
         # the cluster secret (node/secret.py), mode 0600: members prove they know it to each other
         # and the orchestrator, chaos and the dashboard send a token derived from it to Admin
         self.secret_file = self.path / "peer.secret"
-        # `up --tls`: the cluster's CA, node and client certificates (keys 0600)
-        self.pki = ClusterPKI(self.path / "tls")
+        self._pki: ClusterPKI | None = None
         self.made_root = False  # this process created the root (so a purge may remove it when empty)
         self.made_path = False
+
+    @property
+    def pki(self) -> ClusterPKI:
+        """`up --tls`: the cluster's CA, node and client certificates (keys 0600).
+
+        Imported on first use: cryptography is ~20 ms of every `orchestrate` start, and only TLS
+        clusters (and purges) need it."""
+        if self._pki is None:
+            from .pki import ClusterPKI
+
+            self._pki = ClusterPKI(self.path / "tls")
+        return self._pki
 
     def data_dir(self, node: str) -> Path:
         return self.path / "data" / node
