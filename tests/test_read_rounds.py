@@ -1,4 +1,4 @@
-"""Linearizable reads in ReadIndex rounds (node/server/readloop.py): resends and leader changes.
+"""Linearizable reads in ReadIndex rounds (node/server/readloop.py): sharing, resends, leader changes.
 
 Driven the same way as tests/test_node_driver.py: the real RaftNode loop, a recording transport,
 every peer message delivered by hand, no ticks. Each test names the invariant it guards.
@@ -22,8 +22,7 @@ from tests.test_node_driver import Driven, Make
 driven = test_node_driver.driven  # the fixture: one RaftNode on recording parts
 
 
-async def _leader(d: Driven) -> None:
-    """Member 1 leads term 2 and has committed its first entry of the term (it may serve reads)."""
+async def _elected(d: Driven) -> None:
     await d.settle()
     d.node.campaign()
     await d.settle()
@@ -31,15 +30,63 @@ async def _leader(d: Driven) -> None:
     await d.settle()
     assert d.raft.role == Role.LEADER
     d.deliver(Message(MsgType.APP_RESP, to=1, frm=2, term=2, index=d.raft.log.last_index()))
-    await d.settle()
+    await d.settle()  # the leader's first entry of the term is committed: it may serve reads
 
 
-def _hb_contexts(d: Driven) -> list[bytes]:
+def _read_rounds(d: Driven) -> list[bytes]:
+    """The contexts of the ReadIndex heartbeat rounds the leader sent, in order, once each."""
     seen: list[bytes] = []
     for m, _ in d.journal.sends(MsgType.HEARTBEAT):
         if m.context and m.context not in seen:
             seen.append(m.context)
     return seen
+
+
+async def test_reads_share_a_round_but_never_one_that_started_before_them(driven: Make) -> None:
+    """One heartbeat round serves every read that arrived while the previous round was in flight,
+    and a read never takes the index of a round sent before it arrived: a write acknowledged in
+    between would be missing from it (a stale read)."""
+    d = driven([1, 2, 3])
+    await _elected(d)
+    first = asyncio.create_task(d.node.read_barrier(2.0))
+    await d.settle()
+    [ctx_a] = _read_rounds(d)
+    # a write commits while the first round is in flight; then three more reads arrive
+    write = asyncio.create_task(d.node.propose(b"w", timeout=2.0))
+    await d.settle()
+    w = d.raft.log.last_index()
+    d.deliver(Message(MsgType.APP_RESP, to=1, frm=2, term=2, index=w))
+    await d.settle()
+    assert write.done() and d.node.applied >= w  # acknowledged
+    later = [asyncio.create_task(d.node.read_barrier(2.0)) for _ in range(3)]
+    await d.settle()
+    assert _read_rounds(d) == [ctx_a], "a second round went out while the first was in flight"
+    d.deliver(Message(MsgType.HEARTBEAT_RESP, to=1, frm=2, term=2, context=ctx_a))
+    await d.settle()
+    assert first.done() and first.result() < w
+    assert not any(t.done() for t in later), "a read took the index of a round sent before it arrived"
+    rounds = _read_rounds(d)
+    assert len(rounds) == 2, rounds  # one round for the three later reads
+    d.deliver(Message(MsgType.HEARTBEAT_RESP, to=1, frm=3, term=2, context=rounds[1]))
+    await d.settle()
+    assert [t.result() for t in later] == [w, w, w]
+    assert d.node._read_rounds.rounds == 2
+
+
+async def test_a_lost_round_is_resent_and_a_read_times_out_alone(driven: Make) -> None:
+    d = driven([1, 2, 3])
+    await _elected(d)
+    read = asyncio.create_task(d.node.read_barrier(3.0))
+    await asyncio.sleep(1.2)  # nobody answers: the round goes out again every READ_RETRY_S
+    copies = _read_rounds(d)  # each copy with a context of its own (a late answer confirms only its own)
+    assert len(copies) >= 2 and not read.done() and d.node._read_rounds.rounds == 1
+    sent = [m for m, _ in d.journal.sends(MsgType.HEARTBEAT) if m.context in copies]
+    assert len(sent) >= 4, sent  # to both followers, at least twice
+    d.deliver(Message(MsgType.HEARTBEAT_RESP, to=1, frm=2, term=2, context=copies[0]))  # the first copy's answer
+    await d.settle()
+    assert read.done() and read.result() >= 1
+    with pytest.raises(EtcdError, match="timed out"):
+        await d.node.read_barrier(0.2)  # no answer at all: this read fails by its own deadline
 
 
 def _read_index_sent(d: Driven, to: int) -> list[bytes]:
@@ -72,7 +119,7 @@ async def test_a_resent_round_never_confirms_a_read_with_acks_older_than_it(driv
     index: a stale read if a new leader committed a write meanwhile (etcd-io/etcd#20418, fixed in
     etcd by a new request id per retry, etcd-io/etcd#21399, and etcd-io/raft#397)."""
     d = driven([1, 2, 3])
-    await _leader(d)
+    await _elected(d)
     own = asyncio.create_task(d.node.read_barrier(4.0))  # round A, this leader's own reads
     try:
         await _stale_acks_confirm(d, own)
@@ -82,7 +129,7 @@ async def test_a_resent_round_never_confirms_a_read_with_acks_older_than_it(driv
 
 async def _stale_acks_confirm(d: Driven, own: asyncio.Task[int]) -> None:
     await d.settle()
-    [ctx_a] = _hb_contexts(d)
+    [ctx_a] = _read_rounds(d)
     # both followers answer that heartbeat, but the answers are late (held by the network / a pause)
     late = [Message(MsgType.HEARTBEAT_RESP, to=1, frm=p, term=2, context=ctx_a) for p in (2, 3)]
     # a read forwarded by follower 3 arrives: B is recorded after A's first heartbeat went out
