@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +73,15 @@ def _watch(p: subprocess.Popen[str], timeout: float) -> tuple[set[_Seen], tuple[
     reader.join(max(0.0, deadline - time.monotonic()))
     if "io" not in box:
         p.kill()
-        for s in seen:  # its nodes and workers too: a hung bench must not leak them into the suite
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(s.pid, signal.SIGKILL)
+        _kill_all(seen)  # its nodes and workers too: a hung bench must not leak them into the suite
         pytest.fail("bench did not finish in time")
     return seen, box["io"]
+
+
+def _kill_all(procs: Iterable[_Seen]) -> None:
+    for s in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(s.pid, signal.SIGKILL)
 
 
 def _alive(seen: set[_Seen], timeout: float = 20.0) -> list[_Seen]:
@@ -152,11 +157,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
         p.communicate()
     assert rc == 130
     left = _alive(seen)
-    for x in left:  # do not leak into the rest of the suite, then fail
-        try:
-            os.kill(x.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _kill_all(left)  # do not leak into the rest of the suite, then fail
     assert not left, f"still running after Ctrl-C: {left}"
     # the throwaway state dirs its nodes ran in (named in their command lines), not other benches' on this machine
     tmp = Path(tempfile.gettempdir())
@@ -252,10 +253,6 @@ def test_ctrl_c_stops_floor(tmp_path: Path) -> None:
         p.kill()
         p.communicate()
     left = _alive(seen)
-    for s in left:  # do not leak into the rest of the suite, then fail
-        try:
-            os.kill(s.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _kill_all(left)  # do not leak into the rest of the suite, then fail
     assert rc == 130
     assert not left, f"still running after Ctrl-C: {left}"

@@ -267,6 +267,16 @@ async def driven() -> Any:
 Make = Callable[..., Driven]
 
 
+async def elect(d: Driven) -> None:
+    """Member 1 campaigns and wins term 2 with member 2's vote."""
+    await d.settle()
+    d.node.campaign()
+    await d.settle()
+    d.deliver(Message(MsgType.VOTE_RESP, to=1, frm=2, term=2))
+    await d.settle()
+    assert d.raft.role == Role.LEADER
+
+
 def _check_sent_only_what_is_durable(j: Journal, me: int = 1) -> int:
     """Every vote, vote reply and append reply left only after what it promises was fsync'd."""
     checked = 0
@@ -320,12 +330,7 @@ async def test_candidate_vote_requests_leave_after_its_own_vote_is_durable(drive
 async def test_leader_appends_go_out_while_it_persists(driven: Make) -> None:
     """The leader may send its appends before its own fsync (thesis §10.2.1): that is the speed-up."""
     d = driven([1, 2, 3])
-    await d.settle()
-    d.node.campaign()
-    await d.settle()
-    d.deliver(Message(MsgType.VOTE_RESP, to=1, frm=2, term=2))
-    await d.settle()
-    assert d.raft.role == Role.LEADER
+    await elect(d)
     early = [
         (m, dur)
         for m, dur in d.journal.sends(MsgType.APP)

@@ -13,22 +13,17 @@ from collections.abc import Callable
 import pytest
 
 from node.errors import EtcdError
-from node.raft import Entry, Message, MsgType, Role
+from node.raft import Entry, Message, MsgType
 from node.raft.types import EntryType
 from node.server.raftnode import READ_RETRY_S
 from tests import test_node_driver
-from tests.test_node_driver import Driven, Make
+from tests.test_node_driver import Driven, Make, elect
 
 driven = test_node_driver.driven  # the fixture: one RaftNode on recording parts
 
 
 async def _elected(d: Driven) -> None:
-    await d.settle()
-    d.node.campaign()
-    await d.settle()
-    d.deliver(Message(MsgType.VOTE_RESP, to=1, frm=2, term=2))
-    await d.settle()
-    assert d.raft.role == Role.LEADER
+    await elect(d)
     d.deliver(Message(MsgType.APP_RESP, to=1, frm=2, term=2, index=d.raft.log.last_index()))
     await d.settle()  # the leader's first entry of the term is committed: it may serve reads
 
